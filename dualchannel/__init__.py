@@ -1,0 +1,47 @@
+"""dualchannel: a LiveKit agent's data over two channels, merged exactly once, in order.
+
+The publisher sends every message on the LiveKit data channel (primary) and as a webhook
+to the relay, which fans it out over Server-Sent Events (secondary). The subscriber merges
+both through a sequence buffer and switches channels within a second when one goes silent.
+"""
+
+from ._version import __version__
+from .envelope import Channel, Envelope, MessageType, Priority, Segment, TranscriptData
+from .errors import (
+    ChannelError,
+    ClosedError,
+    ConfigurationError,
+    DualChannelError,
+    EnvelopeError,
+    EnvelopeTooLarge,
+    LiveKitError,
+    OutboxFull,
+    RelayAuthError,
+    RelayError,
+    RelayRejected,
+    RelayUnavailable,
+    WouldBlock,
+)
+
+__all__ = [
+    "Channel",
+    "ChannelError",
+    "ClosedError",
+    "ConfigurationError",
+    "DualChannelError",
+    "Envelope",
+    "EnvelopeError",
+    "EnvelopeTooLarge",
+    "LiveKitError",
+    "MessageType",
+    "OutboxFull",
+    "Priority",
+    "RelayAuthError",
+    "RelayError",
+    "RelayRejected",
+    "RelayUnavailable",
+    "Segment",
+    "TranscriptData",
+    "WouldBlock",
+    "__version__",
+]

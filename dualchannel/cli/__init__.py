@@ -1,0 +1,1 @@
+"""Sub-commands of the ``dualchannel`` command line."""
