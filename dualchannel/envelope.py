@@ -261,7 +261,10 @@ class Envelope(BaseModel):
 
     @classmethod
     def from_bytes(
-        cls, raw: bytes | bytearray | memoryview | str, *, max_size: int = DEFAULT_MAX_ENVELOPE_BYTES
+        cls,
+        raw: bytes | bytearray | memoryview | str,
+        *,
+        max_size: int = DEFAULT_MAX_ENVELOPE_BYTES,
     ) -> Envelope:
         """Decode one envelope from JSON, enforcing every wire rule and the size cap."""
         size = len(raw.encode() if isinstance(raw, str) else raw)
@@ -273,9 +276,7 @@ class Envelope(BaseModel):
             raise _envelope_error(exc) from exc
 
     @classmethod
-    def from_json_value(
-        cls, value: Any, *, max_size: int = DEFAULT_MAX_ENVELOPE_BYTES
-    ) -> Envelope:
+    def from_json_value(cls, value: Any, *, max_size: int = DEFAULT_MAX_ENVELOPE_BYTES) -> Envelope:
         """Validate an already parsed JSON object (one item of a webhook batch, say)."""
         try:
             envelope = cls.model_validate(value, strict=False)
