@@ -22,10 +22,12 @@ from .errors import (
     RelayUnavailable,
     WouldBlock,
 )
+from .protocol.fallback import ChannelSwitch
 
 __all__ = [
     "Channel",
     "ChannelError",
+    "ChannelSwitch",
     "ClosedError",
     "ConfigurationError",
     "DualChannelError",

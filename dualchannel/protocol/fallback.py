@@ -71,6 +71,10 @@ class FallbackPolicy:
         return self.primary_timeout if channel is Channel.PRIMARY else self.secondary_timeout
 
 
+# Times are floats: a span of "exactly" 0.4 s computed as 2.9 - 2.5 is 0.39999999999999997.
+_EPSILON: Final = 1e-9
+
+
 class Health(enum.StrEnum):
     UP = "up"
     DOWN = "down"
@@ -188,7 +192,7 @@ class FallbackManager:
         state.last_signal = now
         if (
             state.streak >= self.policy.recovery_signals
-            and now - state.streak_start >= self.policy.recovery_span
+            and now - state.streak_start >= self.policy.recovery_span - _EPSILON
         ):
             state.health = Health.UP
             state.streak = 0
