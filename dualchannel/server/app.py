@@ -1,0 +1,178 @@
+"""The relay's app factory: routes, and a lifespan that owns the store and its tasks.
+
+``create_app(...)`` returns a Starlette app. Its lifespan opens the store (creating the
+tables on first start), starts the group-commit writer and the retention purge in one
+task group, and on shutdown ends the SSE streams, lets the writer commit what is queued,
+then closes the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .._version import __version__
+from .auth import SubscriberAuth
+from .config import DEFAULT_DATABASE_URL, RelayConfig
+from .hub import Hub
+from .ingest import WriteJob, Writer
+from .metrics import RelayMetrics
+from .openapi import openapi_document
+from .ratelimit import SessionRateLimiter
+from .responses import RelayState, now_iso, relay_state
+from .store import Store, utcnow
+from .stream import messages_endpoint, session_events
+from .webhooks import metrics_webhook, transcription_webhook
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("dualchannel.server")
+
+
+def create_app(
+    *,
+    database_url: str = DEFAULT_DATABASE_URL,
+    webhook_secret: str | None = None,
+    webhook_secrets: list[str] | tuple[str, ...] | None = None,
+    livekit_api_key: str | None = None,
+    livekit_api_secret: str | None = None,
+    dev: bool = False,
+    retention: float = 86_400.0,
+    rate_limit: str = "100/minute",
+    max_body_bytes: int = 262_144,
+    max_batch: int = 100,
+    heartbeat_interval: float = 1.0,
+    **settings: Any,
+) -> Starlette:
+    """Build the relay. Extra keyword settings are fields of :class:`RelayConfig`.
+
+    Raises :class:`~dualchannel.errors.ConfigurationError` for a bad or missing setting
+    (for instance LiveKit credentials without ``dev=True``).
+    """
+    config = RelayConfig.create(
+        database_url=database_url,
+        webhook_secret=webhook_secret,
+        webhook_secrets=webhook_secrets,
+        livekit_api_key=livekit_api_key,
+        livekit_api_secret=livekit_api_secret,
+        dev=dev,
+        retention=retention,
+        rate_limit=rate_limit,
+        max_body_bytes=max_body_bytes,
+        max_batch=max_batch,
+        heartbeat_interval=heartbeat_interval,
+        **settings,
+    )
+    return build_app(config)
+
+
+def build_app(config: RelayConfig) -> Starlette:
+    """The app for an already validated :class:`RelayConfig`."""
+    metrics = RelayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = Store(config.database_url)
+        await store.open()
+        hub = Hub()
+        writer = Writer(
+            store, hub, metrics, window=config.commit_window, max_items=config.commit_max_items
+        )
+        limiter = SessionRateLimiter(config.rate_limit)
+        auth = SubscriberAuth(config.livekit_api_key, config.livekit_api_secret, dev=config.dev)
+        app.state.relay = RelayState(config, store, hub, writer, limiter, auth, metrics)
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(writer.run)
+                purge_scope = anyio.CancelScope()
+                tg.start_soon(_purge_forever, writer, config, purge_scope)
+                logger.info("relay started", extra={"database": _redacted(config.database_url)})
+                try:
+                    yield
+                finally:
+                    hub.close()  # streams end after what is already queued
+                    purge_scope.cancel()
+                    writer.close()  # the writer commits what is queued, then returns
+        finally:
+            await limiter.close()
+            await store.close()
+            logger.info("relay stopped")
+
+    routes = [
+        Route("/api/transcription", transcription_webhook, methods=["POST"]),
+        Route("/api/metrics", metrics_webhook, methods=["POST"]),
+        Route("/api/health", health, methods=["GET"]),
+        Route("/api/sessions/{session_id}/events", session_events, methods=["GET"]),
+        Route("/api/sessions/{session_id}/messages", messages_endpoint, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.config = config
+    app.state.metrics = metrics
+    return app
+
+
+async def _purge_forever(writer: Writer, config: RelayConfig, scope: anyio.CancelScope) -> None:
+    """Delete what is older than the retention window, every ``purge_interval`` seconds."""
+    with scope:
+        while True:
+            await anyio.sleep(config.purge_interval)
+            before = utcnow() - timedelta(seconds=config.retention)
+            try:
+                job = await writer.submit(WriteJob(purge_before=before))
+            except Exception:
+                logger.warning("retention purge failed", exc_info=True)
+                continue
+            if job.purged:
+                logger.info("retention purge", extra={"purged": job.purged})
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
+
+
+async def health(request: Request) -> Response:
+    relay = relay_state(request)
+    body: dict[str, Any] = {
+        "status": "healthy",
+        "store": "ok",
+        "uptime": round(time.monotonic() - relay.started, 3),
+        "version": __version__,
+        "timestamp": now_iso(),
+    }
+    status = 200
+    try:
+        with anyio.fail_after(2.0):
+            await relay.store.ping()
+    except Exception as exc:
+        body["status"] = "unhealthy"
+        body["store"] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        status = 503
+    relay.metrics.requests.labels("/api/health", str(status)).inc()
+    return JSONResponse(body, status_code=status)
+
+
+async def prometheus(request: Request) -> Response:
+    relay = relay_state(request)
+    relay.metrics.requests.labels("/metrics", "200").inc()
+    return Response(
+        relay.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document(__version__))

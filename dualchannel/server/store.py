@@ -1,0 +1,315 @@
+"""The relay's durable store: the per-session message log and the audit tables.
+
+SQLAlchemy 2 async Core over any async driver; SQLite (aiosqlite) by default, Postgres by
+changing the URL. Three tables:
+
+* ``messages`` — the durable log. ``id`` is the SSE resume token: it only grows
+  (``AUTOINCREMENT`` on SQLite, so purging old rows never lets an id be reused).
+  ``unique(session_id, epoch, seq)`` makes ingest idempotent.
+* ``webhook_logs`` — one row per ingest request: accepted, duplicate or rejected.
+* ``session_metrics`` — what ``POST /api/metrics`` receives.
+
+Only the group-commit writer (:mod:`.ingest`) writes, through :meth:`Store.write_batch`;
+readers (replay, backfill, health) use their own short connections. SQLite runs in WAL
+mode so readers never block the writer, with ``synchronous=FULL``: a ``200`` promises
+the message survives power loss, not only a process crash, and group commit already
+amortises the extra fsync over every request in the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from ..envelope import Envelope
+
+__all__ = [
+    "AuditRow",
+    "MetricsRow",
+    "Position",
+    "Store",
+    "StoredMessage",
+    "metadata",
+]
+
+metadata = sa.MetaData()
+
+_RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", _RowId, primary_key=True, autoincrement=True),
+    sa.Column("session_id", sa.String(128), nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("priority", sa.String(16), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("session_id", "epoch", "seq", name="uq_messages_key"),
+    sa.Index("idx_messages_replay", "session_id", "id"),
+    sa.Index("idx_messages_received", "received_at"),
+    sqlite_autoincrement=True,
+)
+
+webhook_logs = sa.Table(
+    "webhook_logs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("session_id", sa.String(128), nullable=True),
+    sa.Column("webhook_type", sa.String(50), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("processed_items", sa.Text, nullable=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("retry_count", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("idx_webhook_session", "session_id"),
+    sa.Index("idx_webhook_created", "created_at"),
+)
+
+session_metrics = sa.Table(
+    "session_metrics",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("session_id", sa.String(128), nullable=False),
+    sa.Column("metrics", sa.Text, nullable=False),
+    sa.Column("source", sa.String(64), nullable=True),
+    sa.Column("reported_at", sa.String(64), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("idx_metrics_session", "session_id"),
+    sa.Index("idx_metrics_created", "created_at"),
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class AuditRow:
+    """One ``webhook_logs`` row; the writer fills ``processed_items`` and ``status``."""
+
+    session_id: str | None
+    webhook_type: str
+    payload: str
+    status: str
+    error_message: str | None = None
+    retry_count: int = 0
+    processed_items: list[int] | None = None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: datetime = field(default_factory=utcnow)
+
+    def values(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "session_id": self.session_id,
+            "webhook_type": self.webhook_type,
+            "payload": self.payload,
+            "processed_items": (
+                None if self.processed_items is None else json.dumps(self.processed_items)
+            ),
+            "status": self.status,
+            "error_message": self.error_message,
+            "retry_count": self.retry_count,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(slots=True)
+class MetricsRow:
+    session_id: str
+    metrics: str
+    source: str | None
+    reported_at: str | None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One row of the log: the resume token and the envelope exactly as sent on SSE."""
+
+    id: int
+    session_id: str
+    epoch: int
+    seq: int
+    type: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """The newest stored message of a session: highest epoch, highest seq within it."""
+
+    epoch: int = 0
+    seq: int = 0
+
+
+def _insert_new(conn: AsyncConnection, values: dict[str, Any]) -> Any:
+    """``INSERT ... ON CONFLICT (session_id, epoch, seq) DO NOTHING`` for the dialect."""
+    keys = ["session_id", "epoch", "seq"]
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(messages).values(values).on_conflict_do_nothing(
+            index_elements=keys
+        )
+    return sqlite.insert(messages).values(values).on_conflict_do_nothing(index_elements=keys)
+
+
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Store:
+    """Async access to the relay's tables. :meth:`open` creates them on first start."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("store is not open")
+        return self._engine
+
+    async def open(self) -> None:
+        engine = create_async_engine(self.url)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        self._engine = engine
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    # -- writes (only the group-commit writer calls these) -----------------------------
+
+    async def insert_messages(
+        self, conn: AsyncConnection, envelopes: Sequence[Envelope], now: datetime
+    ) -> list[int | None]:
+        """Insert envelopes in order; the row id of each new one, ``None`` for a repeat."""
+        ids: list[int | None] = []
+        for env in envelopes:
+            values = {
+                "session_id": env.session_id,
+                "epoch": env.epoch,
+                "seq": env.seq,
+                "type": env.type.value,
+                "priority": env.priority.value,
+                "payload": env.to_bytes(max_size=None).decode(),
+                "received_at": now,
+            }
+            statement = _insert_new(conn, values).returning(messages.c.id)
+            row_id = (await conn.execute(statement)).scalar_one_or_none()
+            ids.append(None if row_id is None else int(row_id))
+        return ids
+
+    async def insert_audit(self, conn: AsyncConnection, rows: Sequence[AuditRow]) -> None:
+        if rows:
+            await conn.execute(sa.insert(webhook_logs), [row.values() for row in rows])
+
+    async def insert_metrics(self, conn: AsyncConnection, rows: Sequence[MetricsRow]) -> None:
+        if rows:
+            await conn.execute(
+                sa.insert(session_metrics),
+                [
+                    {
+                        "id": r.id,
+                        "session_id": r.session_id,
+                        "metrics": r.metrics,
+                        "source": r.source,
+                        "reported_at": r.reported_at,
+                        "created_at": r.created_at,
+                    }
+                    for r in rows
+                ],
+            )
+
+    async def purge(self, conn: AsyncConnection, before: datetime) -> int:
+        """Delete everything older than ``before``; the number of log rows removed."""
+        result = await conn.execute(sa.delete(messages).where(messages.c.received_at < before))
+        await conn.execute(sa.delete(webhook_logs).where(webhook_logs.c.created_at < before))
+        await conn.execute(
+            sa.delete(session_metrics).where(session_metrics.c.created_at < before)
+        )
+        return int(result.rowcount or 0)
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def replay(self, session_id: str, after_id: int, limit: int) -> list[StoredMessage]:
+        """The session's log after resume token ``after_id``, oldest first."""
+        query = (
+            sa.select(
+                messages.c.id,
+                messages.c.session_id,
+                messages.c.epoch,
+                messages.c.seq,
+                messages.c.type,
+                messages.c.payload,
+            )
+            .where(messages.c.session_id == session_id, messages.c.id > after_id)
+            .order_by(messages.c.id)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [StoredMessage(*row) for row in rows]
+
+    async def messages_page(
+        self, session_id: str, *, epoch: int | None, after_seq: int, limit: int
+    ) -> tuple[list[str], bool]:
+        """Payloads ordered by (epoch, seq) for backfill, and whether more follow."""
+        query = sa.select(messages.c.payload).where(messages.c.session_id == session_id)
+        if epoch is not None:
+            query = query.where(messages.c.epoch == epoch, messages.c.seq > after_seq)
+        query = query.order_by(messages.c.epoch, messages.c.seq).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).scalars().all()
+        return list(rows[:limit]), len(rows) > limit
+
+    async def position(self, session_id: str) -> Position:
+        """Highest stored epoch of the session and the highest seq within it."""
+        latest = (
+            sa.select(sa.func.max(messages.c.epoch))
+            .where(messages.c.session_id == session_id)
+            .scalar_subquery()
+        )
+        query = sa.select(messages.c.epoch, sa.func.max(messages.c.seq)).where(
+            messages.c.session_id == session_id, messages.c.epoch == latest
+        ).group_by(messages.c.epoch)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return Position() if row is None else Position(int(row[0]), int(row[1]))
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def audit_rows(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        """``webhook_logs`` rows, oldest first (for tests and operators)."""
+        query = sa.select(webhook_logs).order_by(webhook_logs.c.created_at)
+        if session_id is not None:
+            query = query.where(webhook_logs.c.session_id == session_id)
+        async with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in (await conn.execute(query)).all()]

@@ -1,0 +1,212 @@
+"""``GET /api/sessions/{id}/events`` (SSE) and ``GET /api/sessions/{id}/messages``.
+
+Exact resume, theory of operation: a stream first subscribes to the hub's live fan-out,
+*then* reads the store after the client's ``Last-Event-ID`` page by page, remembering the
+last id it sent. Anything committed while it was reading is either in a later page or in
+its live queue (or both); live items with an id at or below the last one sent are dropped.
+So the seam between replay and live has no gap and no duplicate, however fast ingest runs.
+
+Each message goes out as ``id: <row id>``, ``event: <type>``, ``data: <envelope JSON>``.
+Every ``heartbeat_interval`` seconds a ``heartbeat`` event (no id) carries the relay's
+newest stored ``(epoch, seq)`` for the session. A subscriber whose queue overflows gets an
+``overflow`` event and the stream ends; it reconnects with its last id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..envelope import Envelope, session_id_ok
+from .hub import LiveItem
+from .responses import ApiError, RelayState, relay_state
+
+__all__ = ["messages_endpoint", "session_events"]
+
+logger = logging.getLogger("dualchannel.server.stream")
+
+_MAX_LIMIT = 1000
+
+
+async def session_events(request: Request) -> Response:
+    relay = relay_state(request)
+    try:
+        session_id = _checked_session(request, relay)
+        after = _last_event_id(request)
+    except ApiError as exc:
+        return _count(relay, "/api/sessions/{session_id}/events", exc.response())
+    response = EventSourceResponse(
+        _events(relay, session_id, after),
+        ping=0,
+        send_timeout=relay.config.send_timeout,
+        headers={"Cache-Control": "no-store"},
+    )
+    return _count(relay, "/api/sessions/{session_id}/events", response)
+
+
+async def messages_endpoint(request: Request) -> Response:
+    relay = relay_state(request)
+    route = "/api/sessions/{session_id}/messages"
+    try:
+        session_id = _checked_session(request, relay)
+        epoch, after_seq, limit = _page_params(request)
+        payloads, more = await relay.store.messages_page(
+            session_id, epoch=epoch, after_seq=after_seq, limit=limit
+        )
+    except ApiError as exc:
+        return _count(relay, route, exc.response())
+    except Exception:
+        logger.exception("backfill read failed")
+        error = ApiError(503, "store_unavailable", "the relay could not read its store; retry",
+                         headers={"Retry-After": "1"})
+        return _count(relay, route, error.response())
+    body = {
+        "sessionId": session_id,
+        "messages": [json.loads(p) for p in payloads],
+        "hasMore": more,
+    }
+    return _count(relay, route, JSONResponse(body))
+
+
+# -- the stream ----------------------------------------------------------------------
+
+
+def _event(item: LiveItem) -> ServerSentEvent:
+    return ServerSentEvent(item.payload, id=str(item.id), event=item.type)
+
+
+async def _events(
+    relay: RelayState, session_id: str, after: int
+) -> AsyncIterator[ServerSentEvent]:
+    config = relay.config
+    hub = relay.hub
+    sub = hub.subscribe(session_id, config.subscriber_queue)
+    relay.metrics.subscribers.inc()
+    try:
+        yield ServerSentEvent(comment="dualchannel relay", retry=config.retry_hint_ms)
+        hub.note_position(session_id, await relay.store.position(session_id))
+        last = after
+        while True:
+            page = await relay.store.replay(session_id, last, config.replay_page)
+            for row in page:
+                yield ServerSentEvent(row.payload, id=str(row.id), event=row.type)
+                last = row.id
+            if len(page) < config.replay_page:
+                break
+        next_beat = time.monotonic()
+        while True:
+            item: LiveItem | None = None
+            ended = False
+            with anyio.move_on_after(max(0.0, next_beat - time.monotonic())):
+                try:
+                    item = await sub.receive.receive()
+                except (anyio.EndOfStream, anyio.ClosedResourceError):
+                    ended = True
+            if ended:
+                if sub.overflowed:
+                    relay.metrics.overflows.inc()
+                    reason = {
+                        "reason": "subscriber queue overflowed: the client read too slowly",
+                        "lastEventId": last,
+                    }
+                    yield ServerSentEvent(json.dumps(reason), event="overflow")
+                return
+            if item is not None:
+                if item.id > last:
+                    relay.metrics.fanout_seconds.observe(time.monotonic() - item.committed_at)
+                    yield _event(item)
+                    last = item.id
+                continue
+            # Heartbeat due: first hand out what is already queued, so the position the
+            # heartbeat announces never runs ahead of messages this stream has sent.
+            queued: list[LiveItem] = []
+            while True:
+                try:
+                    queued.append(sub.receive.receive_nowait())
+                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                    break
+            position = hub.position(session_id)
+            for item in queued:
+                if item.id > last:
+                    yield _event(item)
+                    last = item.id
+            beat = Envelope.heartbeat(
+                session_id=session_id, epoch=position.epoch, last_seq=position.seq,
+                source="relay",
+            )
+            yield ServerSentEvent(beat.to_bytes().decode(), event="heartbeat")
+            next_beat = time.monotonic() + config.heartbeat_interval
+    finally:
+        hub.unsubscribe(sub)
+        relay.metrics.subscribers.dec()
+
+
+# -- request checks ------------------------------------------------------------------
+
+
+def _checked_session(request: Request, relay: RelayState) -> str:
+    session_id = str(request.path_params["session_id"])
+    if not session_id_ok(session_id):
+        raise ApiError(
+            400, "invalid_session_id",
+            "the session id must be a LiveKit room name: letters, digits, '_.:-'",
+            [("session_id", "must match " + r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")],
+        )
+    failure = relay.auth.check(request, session_id)
+    if failure is not None:
+        raise ApiError(failure.status, failure.error, failure.message,
+                       headers={"WWW-Authenticate": "Bearer"} if failure.status == 401 else {})
+    return session_id
+
+
+def _last_event_id(request: Request) -> int:
+    raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId")
+    if raw is None or raw == "":
+        return 0
+    if not raw.strip().isdigit():
+        raise ApiError(
+            400, "invalid_last_event_id",
+            "Last-Event-ID must be an id this relay sent (a non-negative integer)",
+            [("Last-Event-ID", "must be a non-negative integer")],
+        )
+    return int(raw.strip())
+
+
+def _page_params(request: Request) -> tuple[int | None, int, int]:
+    query = request.query_params
+    problems: list[tuple[str, str]] = []
+
+    def number(name: str, default: int | None, low: int, high: int | None) -> int | None:
+        raw = query.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            problems.append((name, "must be an integer"))
+            return default
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            problems.append((name, f"must be {bound}"))
+        return value
+
+    epoch = number("epoch", None, 0, None)
+    after_seq = number("after_seq", 0, 0, None)
+    limit = number("limit", 100, 1, _MAX_LIMIT)
+    if problems:
+        raise ApiError(400, "invalid_query", "fix the query parameters listed in details",
+                       problems)
+    assert after_seq is not None and limit is not None
+    return epoch, after_seq, limit
+
+
+def _count(relay: RelayState, route: str, response: Response) -> Response:
+    relay.metrics.requests.labels(route, str(response.status_code)).inc()
+    return response
