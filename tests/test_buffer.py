@@ -238,3 +238,10 @@ def test_exactly_the_ranges_missing_on_both_channels_are_lost(case) -> None:  # 
     assert delivered == [seq for seq in range(1, n + 1) if seq not in missing]
     assert [(m.first, m.last) for m in lost] == runs(missing)
     assert all(m.reason == "timeout" and m.epoch == EPOCH for m in lost)
+
+
+def test_a_heartbeat_of_an_idle_publisher_opens_no_epoch() -> None:
+    buffer = SequenceBuffer()
+    assert buffer.push(heartbeat(0, epoch=0), S, 0.0) == []
+    assert buffer.position() is None
+    assert seqs(buffer.push(transcript(1), P, 0.1)) == [1]

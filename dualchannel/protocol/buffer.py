@@ -277,15 +277,20 @@ class SequenceBuffer:
         return state
 
     def _push_slow(self, envelope: Envelope, channel: Channel, now: float) -> list[Envelope]:
+        seq = envelope.seq
+        if envelope.type is MessageType.HEARTBEAT and seq == 0:
+            return []  # "nothing sent yet": nothing to learn, no epoch to open
         state = self._epoch_state(envelope.epoch)
         stats = self._stats
         if state is None:
             stats.stale += 1
             return []
-        seq = envelope.seq
+        out: list[Envelope] = []
         if envelope.type is MessageType.HEARTBEAT:
             self._raise_known_high(state, seq, now)
-            return []
+            if len(self._epochs) > 1 and self._epochs[0].finished():
+                self._advance_epochs(out, now)
+            return out
         if seq < state.next_seq or seq in state.held:
             if self._was_lost(state.epoch, seq):
                 stats.late += 1
@@ -293,7 +298,6 @@ class SequenceBuffer:
                 stats.duplicates[channel] += 1
             return []
         deliverable = seq == state.next_seq and state is self._epochs[0]
-        out: list[Envelope] = []
         if not deliverable and self._held_total >= self.policy.max_held:
             # Make room first: the oldest hole is declared lost, releasing what waited.
             self._overflow(now, out)
