@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli import bench as bench_cli
 
     bench_cli.add_parser(subparsers)
+    __import__("dualchannel.cli.serve", fromlist=["add_parser"]).add_parser(subparsers)
     return parser
 
 

@@ -7,13 +7,12 @@ floats, sizes are bytes. It is built (and validated) by the app factory and by
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass, field
 
 from limits import parse as parse_rate
 
 from ..errors import ConfigurationError
+from ..signing import decode_secret
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
@@ -24,7 +23,6 @@ __all__ = [
 ]
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///dualchannel.db"
-_SECRET_PREFIX = "whsec_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,16 +34,12 @@ class WebhookSecret:
 
 def parse_webhook_secret(text: str) -> WebhookSecret:
     """Decode a ``whsec_<base64>`` secret (the prefix is optional, as in ``standardwebhooks``)."""
-    raw = text.strip().removeprefix(_SECRET_PREFIX)
     try:
-        key = base64.b64decode(raw + "==", validate=False)
-    except (binascii.Error, ValueError) as exc:
+        return WebhookSecret(decode_secret(text.strip()))
+    except ValueError as exc:
         raise ConfigurationError(
-            "webhook secret is not base64; expected 'whsec_<base64 key>'"
+            f"--webhook-secret: {exc}; expected 'whsec_<base64 key>'"
         ) from exc
-    if not key:
-        raise ConfigurationError("webhook secret is empty; expected 'whsec_<base64 key>'")
-    return WebhookSecret(key)
 
 
 def normalize_database_url(url: str) -> str:

@@ -19,7 +19,8 @@ from starlette.responses import JSONResponse, Response
 
 from ..envelope import Envelope, MessageType, session_id_ok
 from ..errors import EnvelopeError, EnvelopeTooLarge
-from . import signatures
+from ..signing import InvalidSignature
+from ..signing import verify as verify_signature
 from .ingest import WriteJob, WriterClosed
 from .ratelimit import RateDecision
 from .responses import ApiError, RelayState, now_iso, relay_state
@@ -149,14 +150,14 @@ async def _read_checked_body(request: Request, relay: RelayState) -> bytes:
     body = b"".join(chunks)
     if relay.config.webhook_secrets:
         try:
-            signatures.verify(
-                relay.config.webhook_secrets,
-                request.headers,
+            verify_signature(
+                [secret.key for secret in relay.config.webhook_secrets],
                 body,
+                request.headers,
                 now=time.time(),
                 tolerance=relay.config.signature_tolerance,
             )
-        except signatures.SignatureError as exc:
+        except InvalidSignature as exc:
             raise ApiError(
                 401,
                 "bad_signature",
