@@ -30,9 +30,7 @@ class AuthFailure:
 
 class SubscriberAuth:
     def __init__(self, api_key: str | None, api_secret: str | None, *, dev: bool) -> None:
-        self._verifier = (
-            TokenVerifier(api_key, api_secret) if api_key and api_secret else None
-        )
+        self._verifier = TokenVerifier(api_key, api_secret) if api_key and api_secret else None
         self._dev = dev
 
     def check(self, request: Request, session_id: str) -> AuthFailure | None:

@@ -37,9 +37,7 @@ def parse_webhook_secret(text: str) -> WebhookSecret:
     try:
         return WebhookSecret(decode_secret(text.strip()))
     except ValueError as exc:
-        raise ConfigurationError(
-            f"--webhook-secret: {exc}; expected 'whsec_<base64 key>'"
-        ) from exc
+        raise ConfigurationError(f"--webhook-secret: {exc}; expected 'whsec_<base64 key>'") from exc
 
 
 def normalize_database_url(url: str) -> str:

@@ -80,9 +80,7 @@ class Hub:
     def note_position(self, session_id: str, position: Position) -> None:
         """Merge a position read from the store (the newest of the two wins)."""
         if session_id in self._subscribers:
-            self._positions[session_id] = max(
-                position, self._positions.get(session_id, Position())
-            )
+            self._positions[session_id] = max(position, self._positions.get(session_id, Position()))
 
     def position(self, session_id: str) -> Position:
         return self._positions.get(session_id, Position())

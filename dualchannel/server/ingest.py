@@ -152,9 +152,7 @@ class Writer:
                 if row_id is None:
                     continue
                 items, newest = per_session.get(env.session_id, ([], Position()))
-                items.append(
-                    LiveItem(row_id, env.type.value, env.to_bytes(max_size=None).decode())
-                )
+                items.append(LiveItem(row_id, env.type.value, env.to_bytes(max_size=None).decode()))
                 per_session[env.session_id] = (items, max(newest, Position(env.epoch, env.seq)))
         for session_id, (items, newest) in per_session.items():
             self._hub.publish(session_id, items, newest)

@@ -51,8 +51,13 @@ def _session_param() -> dict[str, Any]:
 _SIGNATURE_HEADERS = [
     {"name": name, "in": "header", "required": False, "schema": {"type": "string"}}
     for name in (
-        "X-Session-ID", "X-Retry-Attempt", "X-Agent-Version", "X-Agent-Type",
-        "webhook-id", "webhook-timestamp", "webhook-signature",
+        "X-Session-ID",
+        "X-Retry-Attempt",
+        "X-Agent-Version",
+        "X-Agent-Type",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
     )
 ]
 
@@ -91,8 +96,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                                 "schema": {
                                     "oneOf": [
                                         envelope_ref,
-                                        {"type": "array", "items": envelope_ref,
-                                         "minItems": 1, "maxItems": 100},
+                                        {
+                                            "type": "array",
+                                            "items": envelope_ref,
+                                            "minItems": 1,
+                                            "maxItems": 100,
+                                        },
                                     ]
                                 }
                             }
@@ -102,16 +111,20 @@ def openapi_document(version: str) -> dict[str, Any]:
                         "200": {
                             "description": "committed",
                             "headers": _RATE_HEADERS,
-                            "content": {"application/json": {"schema": {
-                                "type": "object",
-                                "properties": {
-                                    "success": {"const": True},
-                                    "id": {"type": "string", "format": "uuid"},
-                                    "processed": {"type": "integer"},
-                                    "duplicates": {"type": "integer"},
-                                    "timestamp": {"type": "string", "format": "date-time"},
-                                },
-                            }}},
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "success": {"const": True},
+                                            "id": {"type": "string", "format": "uuid"},
+                                            "processed": {"type": "integer"},
+                                            "duplicates": {"type": "integer"},
+                                            "timestamp": {"type": "string", "format": "date-time"},
+                                        },
+                                    }
+                                }
+                            },
                         },
                         **ingest_errors,
                     },
@@ -120,22 +133,35 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/api/metrics": {
                 "post": {
                     "summary": "Store a session metrics report",
-                    "requestBody": {"required": True, "content": {"application/json": {
-                        "schema": {
-                            "type": "object",
-                            "required": ["sessionId", "metrics"],
-                            "properties": {
-                                "sessionId": {"type": "string"},
-                                "timestamp": {"type": "string"},
-                                "metrics": {"type": "object"},
-                                "source": {"type": "string"},
-                            },
-                        }
-                    }}},
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["sessionId", "metrics"],
+                                    "properties": {
+                                        "sessionId": {"type": "string"},
+                                        "timestamp": {"type": "string"},
+                                        "metrics": {"type": "object"},
+                                        "source": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
                     "responses": {
-                        "200": {"description": "stored", "content": {"application/json": {
-                            "schema": {"type": "object",
-                                       "properties": {"success": {"const": True}}}}}},
+                        "200": {
+                            "description": "stored",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {"success": {"const": True}},
+                                    }
+                                }
+                            },
+                        },
                         "400": _err("bad JSON or report"),
                         "401": _err("bad signature"),
                         "413": _err("body too large"),
@@ -172,18 +198,33 @@ def openapi_document(version: str) -> dict[str, Any]:
                     "parameters": [
                         _session_param(),
                         {"name": "epoch", "in": "query", "schema": {"type": "integer"}},
-                        {"name": "after_seq", "in": "query",
-                         "schema": {"type": "integer", "default": 0}},
-                        {"name": "limit", "in": "query",
-                         "schema": {"type": "integer", "default": 100, "maximum": 1000}},
+                        {
+                            "name": "after_seq",
+                            "in": "query",
+                            "schema": {"type": "integer", "default": 0},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "default": 100, "maximum": 1000},
+                        },
                     ],
                     "responses": {
-                        "200": {"description": "a page", "content": {"application/json": {
-                            "schema": {"type": "object", "properties": {
-                                "sessionId": {"type": "string"},
-                                "messages": {"type": "array", "items": envelope_ref},
-                                "hasMore": {"type": "boolean"},
-                            }}}}},
+                        "200": {
+                            "description": "a page",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "properties": {
+                                            "sessionId": {"type": "string"},
+                                            "messages": {"type": "array", "items": envelope_ref},
+                                            "hasMore": {"type": "boolean"},
+                                        },
+                                    }
+                                }
+                            },
+                        },
                         "400": _err("bad parameters"),
                         "401": _err("missing or invalid token"),
                         "403": _err("token for another room"),
@@ -202,8 +243,12 @@ def openapi_document(version: str) -> dict[str, Any]:
             "/metrics": {
                 "get": {
                     "summary": "Prometheus exposition",
-                    "responses": {"200": {"description": "text exposition format",
-                                          "content": {"text/plain": {}}}},
+                    "responses": {
+                        "200": {
+                            "description": "text exposition format",
+                            "content": {"text/plain": {}},
+                        }
+                    },
                 }
             },
         },

@@ -87,19 +87,30 @@ class RelayProcess:
 
     def command(self) -> list[str]:
         cmd = [
-            sys.executable, "-m", "dualchannel", "serve",
-            "--host", self.host,
-            "--port", str(self.port),
-            "--database", f"sqlite:///{self.database}",
-            "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "dualchannel",
+            "serve",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--database",
+            f"sqlite:///{self.database}",
+            "--log-level",
+            "warning",
         ]
         if self.dev:
             cmd.append("--dev")
         if self.webhook_secret:
             cmd += ["--webhook-secret", self.webhook_secret]
         if self.livekit_api_key and self.livekit_api_secret:
-            cmd += ["--livekit-api-key", self.livekit_api_key,
-                    "--livekit-api-secret", self.livekit_api_secret]
+            cmd += [
+                "--livekit-api-key",
+                self.livekit_api_key,
+                "--livekit-api-secret",
+                self.livekit_api_secret,
+            ]
         return cmd + self.extra_args
 
     def start(self) -> Self:

@@ -162,8 +162,8 @@ def _insert_new(conn: AsyncConnection, values: dict[str, Any]) -> Any:
     """``INSERT ... ON CONFLICT (session_id, epoch, seq) DO NOTHING`` for the dialect."""
     keys = ["session_id", "epoch", "seq"]
     if conn.dialect.name == "postgresql":
-        return postgresql.insert(messages).values(values).on_conflict_do_nothing(
-            index_elements=keys
+        return (
+            postgresql.insert(messages).values(values).on_conflict_do_nothing(index_elements=keys)
         )
     return sqlite.insert(messages).values(values).on_conflict_do_nothing(index_elements=keys)
 
@@ -250,9 +250,7 @@ class Store:
         """Delete everything older than ``before``; the number of log rows removed."""
         result = await conn.execute(sa.delete(messages).where(messages.c.received_at < before))
         await conn.execute(sa.delete(webhook_logs).where(webhook_logs.c.created_at < before))
-        await conn.execute(
-            sa.delete(session_metrics).where(session_metrics.c.created_at < before)
-        )
+        await conn.execute(sa.delete(session_metrics).where(session_metrics.c.created_at < before))
         return int(result.rowcount or 0)
 
     # -- reads -------------------------------------------------------------------------
@@ -295,9 +293,11 @@ class Store:
             .where(messages.c.session_id == session_id)
             .scalar_subquery()
         )
-        query = sa.select(messages.c.epoch, sa.func.max(messages.c.seq)).where(
-            messages.c.session_id == session_id, messages.c.epoch == latest
-        ).group_by(messages.c.epoch)
+        query = (
+            sa.select(messages.c.epoch, sa.func.max(messages.c.seq))
+            .where(messages.c.session_id == session_id, messages.c.epoch == latest)
+            .group_by(messages.c.epoch)
+        )
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return Position() if row is None else Position(int(row[0]), int(row[1]))

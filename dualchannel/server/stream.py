@@ -64,8 +64,12 @@ async def messages_endpoint(request: Request) -> Response:
         return _count(relay, route, exc.response())
     except Exception:
         logger.exception("backfill read failed")
-        error = ApiError(503, "store_unavailable", "the relay could not read its store; retry",
-                         headers={"Retry-After": "1"})
+        error = ApiError(
+            503,
+            "store_unavailable",
+            "the relay could not read its store; retry",
+            headers={"Retry-After": "1"},
+        )
         return _count(relay, route, error.response())
     body = {
         "sessionId": session_id,
@@ -82,9 +86,7 @@ def _event(item: LiveItem) -> ServerSentEvent:
     return ServerSentEvent(item.payload, id=str(item.id), event=item.type)
 
 
-async def _events(
-    relay: RelayState, session_id: str, after: int
-) -> AsyncIterator[ServerSentEvent]:
+async def _events(relay: RelayState, session_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
     config = relay.config
     hub = relay.hub
     sub = hub.subscribe(session_id, config.subscriber_queue)
@@ -138,7 +140,9 @@ async def _events(
                     yield _event(item)
                     last = item.id
             beat = Envelope.heartbeat(
-                session_id=session_id, epoch=position.epoch, last_seq=position.seq,
+                session_id=session_id,
+                epoch=position.epoch,
+                last_seq=position.seq,
                 source="relay",
             )
             yield ServerSentEvent(beat.to_bytes().decode(), event="heartbeat")
@@ -155,14 +159,19 @@ def _checked_session(request: Request, relay: RelayState) -> str:
     session_id = str(request.path_params["session_id"])
     if not session_id_ok(session_id):
         raise ApiError(
-            400, "invalid_session_id",
+            400,
+            "invalid_session_id",
             "the session id must be a LiveKit room name: letters, digits, '_.:-'",
             [("session_id", "must match " + r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")],
         )
     failure = relay.auth.check(request, session_id)
     if failure is not None:
-        raise ApiError(failure.status, failure.error, failure.message,
-                       headers={"WWW-Authenticate": "Bearer"} if failure.status == 401 else {})
+        raise ApiError(
+            failure.status,
+            failure.error,
+            failure.message,
+            headers={"WWW-Authenticate": "Bearer"} if failure.status == 401 else {},
+        )
     return session_id
 
 
@@ -172,7 +181,8 @@ def _last_event_id(request: Request) -> int:
         return 0
     if not raw.strip().isdigit():
         raise ApiError(
-            400, "invalid_last_event_id",
+            400,
+            "invalid_last_event_id",
             "Last-Event-ID must be an id this relay sent (a non-negative integer)",
             [("Last-Event-ID", "must be a non-negative integer")],
         )
@@ -201,8 +211,7 @@ def _page_params(request: Request) -> tuple[int | None, int, int]:
     after_seq = number("after_seq", 0, 0, None)
     limit = number("limit", 100, 1, _MAX_LIMIT)
     if problems:
-        raise ApiError(400, "invalid_query", "fix the query parameters listed in details",
-                       problems)
+        raise ApiError(400, "invalid_query", "fix the query parameters listed in details", problems)
     assert after_seq is not None and limit is not None
     return epoch, after_seq, limit
 

@@ -69,14 +69,27 @@ async def transcription_webhook(request: Request) -> Response:
         return _answer(relay, exc.response(rate.headers()), started)
     except WriterClosed:
         rate = await relay.limiter.peek(known_session)
-        return _answer(relay, _unavailable("shutting_down", "the relay is shutting down; "
-                                           "retry against the restarted relay", rate), started)
+        return _answer(
+            relay,
+            _unavailable(
+                "shutting_down",
+                "the relay is shutting down; retry against the restarted relay",
+                rate,
+            ),
+            started,
+        )
     except Exception:
         logger.exception("transcription ingest failed", extra={"session_id": known_session})
         rate = await relay.limiter.peek(known_session)
-        return _answer(relay, _unavailable("store_unavailable", "the relay could not commit "
-                                           "the request; retry (ingest is idempotent)", rate),
-                       started)
+        return _answer(
+            relay,
+            _unavailable(
+                "store_unavailable",
+                "the relay could not commit the request; retry (ingest is idempotent)",
+                rate,
+            ),
+            started,
+        )
     new = sum(1 for i in job.ids if i is not None)
     duplicates = len(job.ids) - new
     relay.metrics.stored.inc(new)
@@ -95,10 +108,14 @@ async def metrics_webhook(request: Request) -> Response:
     relay = relay_state(request)
     retry_count = _retry_count(request)
     body = b""
-    session_id: str | None = None
+    header_session = request.headers.get("x-session-id")
+    session_id = header_session if header_session and session_id_ok(header_session) else None
     try:
         body = await _read_checked_body(request, relay)
         value = _load_json(body)
+        claimed = value.get("sessionId") if isinstance(value, dict) else None
+        if isinstance(claimed, str) and session_id_ok(claimed):
+            session_id = claimed
         session_id, row = _parse_metrics(value)
         audit = AuditRow(
             session_id=session_id,
@@ -112,12 +129,14 @@ async def metrics_webhook(request: Request) -> Response:
         await _audit_rejection(relay, exc, session_id, "metrics", body, retry_count)
         return _count(relay, "/api/metrics", exc.response())
     except WriterClosed:
-        return _count(relay, "/api/metrics", _unavailable("shutting_down",
-                                                           "the relay is shutting down"))
+        return _count(
+            relay, "/api/metrics", _unavailable("shutting_down", "the relay is shutting down")
+        )
     except Exception:
         logger.exception("metrics ingest failed", extra={"session_id": session_id})
-        return _count(relay, "/api/metrics", _unavailable("store_unavailable",
-                                                           "the relay could not store it"))
+        return _count(
+            relay, "/api/metrics", _unavailable("store_unavailable", "the relay could not store it")
+        )
     return _count(relay, "/api/metrics", JSONResponse({"success": True}))
 
 
@@ -193,8 +212,12 @@ def _parse_envelopes(body: bytes, relay: RelayState, header_session: str | None)
     items = value if isinstance(value, list) else [value]
     prefix = isinstance(value, list)
     if not items:
-        raise ApiError(400, "empty_batch", "send at least one envelope",
-                       [("<body>", "array must not be empty")])
+        raise ApiError(
+            400,
+            "empty_batch",
+            "send at least one envelope",
+            [("<body>", "array must not be empty")],
+        )
     cap = relay.config.max_batch
     if len(items) > cap:
         raise ApiError(
@@ -210,18 +233,22 @@ def _parse_envelopes(body: bytes, relay: RelayState, header_session: str | None)
             env = Envelope.from_json_value(item, max_size=relay.config.max_envelope_bytes)
         except EnvelopeTooLarge as exc:
             raise ApiError(
-                413, "envelope_too_large", str(exc),
+                413,
+                "envelope_too_large",
+                str(exc),
                 [(where + f, r) for f, r in exc.problems],
             ) from None
         except EnvelopeError as exc:
             raise ApiError(
-                400, "invalid_envelope",
+                400,
+                "invalid_envelope",
                 "an envelope breaks a wire rule; fix the fields listed in details",
                 [(where + f, r) for f, r in exc.problems],
             ) from None
         if env.type is MessageType.HEARTBEAT:
             raise ApiError(
-                400, "heartbeat_not_accepted",
+                400,
+                "heartbeat_not_accepted",
                 "heartbeats travel on the LiveKit channel only; do not post them",
                 [(where + "type", "must not be 'heartbeat' here")],
             )
@@ -229,14 +256,16 @@ def _parse_envelopes(body: bytes, relay: RelayState, header_session: str | None)
     sessions = {env.session_id for env in envelopes}
     if len(sessions) > 1:
         raise ApiError(
-            400, "mixed_sessions",
+            400,
+            "mixed_sessions",
             "a batch must hold envelopes of one session; send one request per session",
             [("sessionId", f"all items must share one session, got {sorted(sessions)}")],
         )
     session_id = envelopes[0].session_id
     if header_session is not None and header_session != session_id:
         raise ApiError(
-            400, "session_mismatch",
+            400,
+            "session_mismatch",
             "the X-Session-ID header and the envelopes' sessionId disagree",
             [("X-Session-ID", f"must equal sessionId {session_id!r}")],
         )
@@ -246,8 +275,9 @@ def _parse_envelopes(body: bytes, relay: RelayState, header_session: str | None)
 def _parse_metrics(value: Any) -> tuple[str, MetricsRow]:
     problems: list[tuple[str, str]] = []
     if not isinstance(value, dict):
-        raise ApiError(400, "invalid_metrics", "send a JSON object",
-                       [("<body>", "must be an object")])
+        raise ApiError(
+            400, "invalid_metrics", "send a JSON object", [("<body>", "must be an object")]
+        )
     session_id = value.get("sessionId")
     if not isinstance(session_id, str) or not session_id_ok(session_id):
         problems.append(("sessionId", "must be a session id string"))
@@ -261,8 +291,12 @@ def _parse_metrics(value: Any) -> tuple[str, MetricsRow]:
     if timestamp is not None and not isinstance(timestamp, str):
         problems.append(("timestamp", "must be an ISO 8601 string"))
     if problems:
-        raise ApiError(400, "invalid_metrics",
-                       "the metrics report breaks a rule; fix the fields in details", problems)
+        raise ApiError(
+            400,
+            "invalid_metrics",
+            "the metrics report breaks a rule; fix the fields in details",
+            problems,
+        )
     assert isinstance(session_id, str)
     row = MetricsRow(session_id, json.dumps(metrics), source, timestamp)
     return session_id, row
@@ -298,8 +332,7 @@ async def _audit_rejection(
     try:
         await relay.writer.submit(WriteJob(audit=row))
     except Exception:
-        logger.warning("could not write audit row", exc_info=True,
-                       extra={"session_id": session_id})
+        logger.warning("could not write audit row", exc_info=True, extra={"session_id": session_id})
 
 
 def _unavailable(error: str, message: str, rate: RateDecision | None = None) -> JSONResponse:
