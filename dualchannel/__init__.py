@@ -23,6 +23,7 @@ from .errors import (
     WouldBlock,
 )
 from .protocol.fallback import ChannelSwitch
+from .subscriber import DualChannelSubscriber, SubscriberStats, SubscriberStatus
 
 __all__ = [
     "Channel",
@@ -31,6 +32,7 @@ __all__ = [
     "ClosedError",
     "ConfigurationError",
     "DualChannelError",
+    "DualChannelSubscriber",
     "Envelope",
     "EnvelopeError",
     "EnvelopeTooLarge",
@@ -43,6 +45,8 @@ __all__ = [
     "RelayRejected",
     "RelayUnavailable",
     "Segment",
+    "SubscriberStats",
+    "SubscriberStatus",
     "TranscriptData",
     "WouldBlock",
     "__version__",
