@@ -20,6 +20,7 @@ from .errors import (
     RelayError,
     RelayRejected,
     RelayUnavailable,
+    TokenError,
     WouldBlock,
 )
 from .protocol.fallback import ChannelSwitch
@@ -47,6 +48,7 @@ __all__ = [
     "Segment",
     "SubscriberStats",
     "SubscriberStatus",
+    "TokenError",
     "TranscriptData",
     "WouldBlock",
     "__version__",

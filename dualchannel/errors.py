@@ -9,6 +9,7 @@ The tree::
     ├── WouldBlock                 a ``*_nowait`` call could not proceed without waiting
     ├── OutboxFull                 the publisher's webhook outbox stayed full past its timeout
     ├── ConfigurationError         a setting is missing or contradicts another one
+    ├── TokenError                 a LiveKit access token is malformed, expired or foreign
     └── ChannelError               a channel failed; raised at the I/O adapters
         ├── LiveKitError           the LiveKit data channel (``livekit.rtc``) failed
         ├── RelayError             the relay (webhook POST, SSE, backfill) failed
@@ -39,6 +40,7 @@ __all__ = [
     "RelayError",
     "RelayRejected",
     "RelayUnavailable",
+    "TokenError",
     "WouldBlock",
 ]
 
@@ -86,6 +88,10 @@ class OutboxFull(DualChannelError):
 
 class ConfigurationError(DualChannelError, ValueError):
     """A setting is missing, out of range or contradicts another one."""
+
+
+class TokenError(DualChannelError, ValueError):
+    """A LiveKit access token is malformed, expired, or not signed by the given key pair."""
 
 
 class ChannelError(DualChannelError):

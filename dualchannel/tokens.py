@@ -13,13 +13,9 @@ from datetime import timedelta
 import jwt
 from livekit import api
 
-from .errors import ConfigurationError, DualChannelError
+from .errors import ConfigurationError, TokenError
 
 __all__ = ["TokenError", "mint_token", "verify_token"]
-
-
-class TokenError(DualChannelError, ValueError):
-    """A LiveKit access token is malformed, expired, or not signed by the given key pair."""
 
 
 def mint_token(
