@@ -11,6 +11,7 @@ both channels. Stop it with Ctrl-C, or give ``--count`` to stop after that many 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 
 import anyio
@@ -70,10 +71,8 @@ def main() -> None:
     if not args.livekit_url and not args.relay_url:
         parser.error("give --livekit-url and/or --relay-url: there is nothing to listen to")
     logging.basicConfig(level=logging.WARNING)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         anyio.run(consume, args)
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":
