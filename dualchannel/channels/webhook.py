@@ -201,9 +201,9 @@ class MemoryRelay:
 
     Fault knobs: ``down = True`` refuses connections; :meth:`fail_next` answers the next
     POSTs with a status (503, 500…) and maybe a ``Retry-After``; ``reject`` returns a reason
-    to refuse an envelope with 400; ``delay`` holds every answer that many seconds (past the client's read timeout, a
-    ``ReadTimeout``);
-    ``healthy = False`` makes the health check answer 503.
+    to refuse an envelope with 400; ``delay`` holds every answer that many seconds (past
+    the client's read timeout, a ``ReadTimeout``); ``healthy = False`` makes the health
+    check answer 503.
     """
 
     limit: int = 100
