@@ -6,12 +6,14 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from starlette.applications import Starlette
 
 from dualchannel import Envelope
 from tests.fixtures.relay import WEBHOOK_SECRET
+from tests.timing import bound
 
 from .conftest import JSON, asgi_client, batch_body, envelope, make_app, signed, state
 
@@ -287,3 +289,17 @@ async def test_two_apps_in_one_process_have_separate_metrics(tmp_path: Path) -> 
         await a.post("/api/transcription", content=envelope().to_bytes(), headers=JSON)
         assert "dualchannel_relay_stored_total 1.0" in (await a.get("/metrics")).text
         assert "dualchannel_relay_stored_total 0.0" in (await b.get("/metrics")).text
+
+
+async def test_retention_purges_old_rows(tmp_path: Path) -> None:
+    app = make_app(tmp_path, dev=True, retention=0.3, purge_interval=0.1)
+    async with asgi_client(app) as client:
+        await client.post("/api/transcription", content=envelope(seq=1).to_bytes(), headers=JSON)
+        store = state(app).store
+        assert len(await store.replay("lesson-1", 0, 10)) == 1
+        with anyio.fail_after(bound(5)):
+            while await store.replay("lesson-1", 0, 10) or await store.audit_rows():
+                await anyio.sleep(0.05)
+        # Ids keep growing after a purge: resume tokens are never reused.
+        await client.post("/api/transcription", content=envelope(seq=2).to_bytes(), headers=JSON)
+        assert [m.id for m in await store.replay("lesson-1", 0, 10)] == [2]
