@@ -40,7 +40,8 @@ async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def post(client: httpx.AsyncClient, body: bytes, **headers: str) -> httpx.Response:
-    return await client.post("/api/transcription", content=body, headers=signed(body, **headers))
+    return await client.post("/api/transcription", content=body,
+                             headers={**signed(body), **headers})
 
 
 async def test_accepts_one_envelope_and_counts_a_repeat_as_duplicate(
