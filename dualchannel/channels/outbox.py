@@ -52,7 +52,7 @@ class OutboxPolicy:
     max_messages: int = 10_000
     put_timeout: float = 5.0
     batch_max: int = 100
-    batch_max_bytes: int = 512_000
+    batch_max_bytes: int = 256_000
     drain_timeout: float = 5.0
     rate_margin: float = 0.1
     metrics_max: int = 100
