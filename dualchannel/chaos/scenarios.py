@@ -1,0 +1,149 @@
+"""The chaos scenarios of issue 6, each a short script of faults, and their runner.
+
+:func:`run_scenario` starts a :class:`~dualchannel.chaos.stack.Stack`, waits until both
+channels carry the stream, runs the scenario's faults with a little steady stream before
+and after, and returns the :class:`~dualchannel.chaos.report.Report`. The whole run is
+bounded by ``Scenario.timeout``.
+
+``expect_switch``: the primary is cut long enough that the consumer must switch to the
+secondary (within 1 s) and back (within 5 s of the recovery). Scenarios whose primary
+stays up must not switch at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from .faults import (
+    BothDown,
+    Fault,
+    Garbage,
+    KillPrimary,
+    KillRelay,
+    PausePrimary,
+    RelayRefuses,
+    SimulateScenario,
+)
+from .report import Report
+from .stack import ProgressFn, Stack, StackConfig
+
+__all__ = ["SCENARIOS", "Scenario", "run_scenario"]
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A named fault script. ``faults`` run one after the other, ``gap`` seconds apart."""
+
+    name: str
+    title: str
+    faults: Sequence[Fault]
+    expect_switch: bool
+    proxy: bool = False
+    gap: float = 2.0
+    before: float = 1.0
+    after: float = 2.0
+    timeout: float = 60.0
+    notes: tuple[str, ...] = field(default=())
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "pause_primary",
+            "livekit-server paused (SIGSTOP) for 3 s, then continued",
+            [PausePrimary(3.0)],
+            expect_switch=True,
+        ),
+        Scenario(
+            "kill_primary",
+            "livekit-server killed (SIGKILL) and restarted; the rooms reconnect",
+            [KillPrimary()],
+            expect_switch=True,
+            after=3.0,
+        ),
+        Scenario(
+            "kill_relay",
+            "the relay killed and restarted on the same database; SSE resumes",
+            [KillRelay()],
+            expect_switch=False,
+            after=3.0,
+        ),
+        Scenario(
+            "both_down",
+            "livekit-server and the relay both killed for 2 s, then both back",
+            [BothDown(2.0)],
+            expect_switch=True,
+            after=3.0,
+        ),
+        Scenario(
+            "simulate_reconnect",
+            "Room.simulate_scenario on the agent: signal reconnect, then migration",
+            [
+                SimulateScenario("SIMULATE_SIGNAL_RECONNECT"),
+                SimulateScenario("SIMULATE_MIGRATION"),
+            ],
+            expect_switch=True,
+        ),
+        Scenario(
+            "simulate_node_failure",
+            "Room.simulate_scenario on the agent: node failure",
+            [SimulateScenario("SIMULATE_NODE_FAILURE")],
+            expect_switch=True,
+        ),
+        Scenario(
+            "relay_429_503",
+            "the relay answering 429 for 3 s, then 503 for 3 s",
+            [RelayRefuses(429, 3.0), RelayRefuses(503, 3.0)],
+            expect_switch=False,
+            proxy=True,
+            gap=0.0,
+        ),
+        Scenario(
+            "garbage",
+            "garbage on both channels (bad JSON, foreign sessions, oversize) in a valid stream",
+            [Garbage()],
+            expect_switch=False,
+        ),
+    )
+}
+
+
+async def run_scenario(
+    scenario: Scenario | str,
+    *,
+    rate: float = 20.0,
+    progress: ProgressFn | None = None,
+    work_dir: Path | None = None,
+    between: Callable[[Stack], Awaitable[None]] | None = None,
+) -> Report:
+    """Run ``scenario`` (or its name) on a fresh stack and report.
+
+    ``between`` (optional) is awaited after the warm-up, before the faults: tests use it
+    to check the steady state.
+    """
+    if isinstance(scenario, str):
+        scenario = SCENARIOS[scenario]
+    config = StackConfig(
+        rate=rate,
+        proxy=scenario.proxy,
+        work_dir=work_dir,
+        scenario=scenario.name,
+        progress_interval=None,
+    )
+    with anyio.fail_after(scenario.timeout):
+        async with Stack(config, progress=progress) as stack:
+            await stack.wait_flowing()
+            if between is not None:
+                await between(stack)
+            await anyio.sleep(scenario.before)
+            for index, fault in enumerate(scenario.faults):
+                if index:
+                    await anyio.sleep(scenario.gap)
+                await fault.run(stack)
+            await anyio.sleep(scenario.after)
+            return await stack.finish()
