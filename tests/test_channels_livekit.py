@@ -116,7 +116,9 @@ class FakeRoom(EventEmitter[Any]):
 
 def packet(data: bytes, sender: str | None, topic: str | None) -> rtc.DataPacket:
     participant: Any = None if sender is None else FakeParticipant(sender)
-    return rtc.DataPacket(data=data, kind=1, participant=participant, topic=topic)
+    return rtc.DataPacket(
+        data=data, kind=rtc.DataPacketKind.KIND_RELIABLE, participant=participant, topic=topic
+    )
 
 
 @pytest.mark.anyio

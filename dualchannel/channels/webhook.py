@@ -215,11 +215,13 @@ class MemoryRelay:
     down: bool = False
     healthy: bool = True
     clock: Callable[[], float] = time.monotonic
-    requests: list[RelayRequest] = field(default_factory=list)
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    _log: dict[str, dict[tuple[int, int], dict[str, Any]]] = field(default_factory=dict)
-    _hits: dict[str, deque[float]] = field(default_factory=dict)
-    _faults: deque[_Fault] = field(default_factory=deque)
+    requests: list[RelayRequest] = field(default_factory=list, init=False)
+    metrics: list[dict[str, Any]] = field(default_factory=list, init=False)
+    _log: dict[str, dict[tuple[int, int], dict[str, Any]]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    _hits: dict[str, deque[float]] = field(default_factory=dict, init=False, repr=False)
+    _faults: deque[_Fault] = field(default_factory=deque, init=False, repr=False)
 
     @property
     def transport(self) -> httpx.MockTransport:
