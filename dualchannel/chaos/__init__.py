@@ -19,9 +19,10 @@ from .faults import (
     SimulateScenario,
 )
 from .proxy import FaultProxy
+from .recorder import Delivery, Recorder
 from .report import AuditCheck, FaultRecord, GarbageResult, Report, SwitchRecord, format_report
 from .scenarios import SCENARIOS, Scenario, run_scenario
-from .stack import WEBHOOK_SECRET, Delivery, Stack, StackConfig
+from .stack import WEBHOOK_SECRET, Stack, StackConfig
 
 __all__ = [
     "SCENARIOS",
@@ -37,6 +38,7 @@ __all__ = [
     "KillPrimary",
     "KillRelay",
     "PausePrimary",
+    "Recorder",
     "RelayRefuses",
     "Report",
     "Scenario",

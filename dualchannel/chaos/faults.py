@@ -61,7 +61,7 @@ class PausePrimary:
     seconds: float = 3.0
 
     async def run(self, stack: Stack) -> None:
-        index = stack.fault_started(
+        index = stack.recorder.fault_started(
             "pause_primary", "primary", f"SIGSTOP livekit-server pid {stack.livekit.pid}"
         )
         stack.livekit.pause()
@@ -69,7 +69,7 @@ class PausePrimary:
             await anyio.sleep(self.seconds)
         finally:
             stack.livekit.resume()
-        stack.fault_cleared(index, detail=f"SIGCONT after {self.seconds:g} s")
+        stack.recorder.fault_cleared(index, detail=f"SIGCONT after {self.seconds:g} s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +82,13 @@ class KillPrimary:
     down: float = 0.0
 
     async def run(self, stack: Stack) -> None:
-        index = stack.fault_started(
+        index = stack.recorder.fault_started(
             "kill_primary", "primary", f"SIGKILL livekit-server pid {stack.livekit.pid}"
         )
         await anyio.to_thread.run_sync(stack.livekit.kill)
         await anyio.sleep(self.down)
         await anyio.to_thread.run_sync(stack.livekit.start)
-        stack.fault_cleared(index, detail=f"restarted as pid {stack.livekit.pid}")
+        stack.recorder.fault_cleared(index, detail=f"restarted as pid {stack.livekit.pid}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +98,13 @@ class KillRelay:
     down: float = 0.0
 
     async def run(self, stack: Stack) -> None:
-        index = stack.fault_started(
+        index = stack.recorder.fault_started(
             "kill_relay", "secondary", f"SIGKILL relay pid {stack.relay.pid}"
         )
         stack.relay.kill()
         await anyio.sleep(self.down)
         await anyio.to_thread.run_sync(stack.relay.start)
-        stack.fault_cleared(index, detail=f"restarted as pid {stack.relay.pid}")
+        stack.recorder.fault_cleared(index, detail=f"restarted as pid {stack.relay.pid}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +114,7 @@ class BothDown:
     seconds: float = 2.0
 
     async def run(self, stack: Stack) -> None:
-        index = stack.fault_started(
+        index = stack.recorder.fault_started(
             "both_down",
             "both",
             f"SIGKILL livekit-server pid {stack.livekit.pid} and relay pid {stack.relay.pid}",
@@ -125,7 +125,7 @@ class BothDown:
         async with anyio.create_task_group() as group:
             group.start_soon(anyio.to_thread.run_sync, stack.livekit.start)
             group.start_soon(anyio.to_thread.run_sync, stack.relay.start)
-        stack.fault_cleared(index, detail="both restarted")
+        stack.recorder.fault_cleared(index, detail="both restarted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,15 +144,17 @@ class SimulateScenario:
         value = getattr(rtc.SimulateScenarioKind, self.kind)
         label = self.kind.removeprefix("SIMULATE_").lower()
         since = time.monotonic()
-        index = stack.fault_started(f"simulate_{label}", "primary", f"{self.kind} on the agent")
+        index = stack.recorder.fault_started(
+            f"simulate_{label}", "primary", f"{self.kind} on the agent"
+        )
         await stack.agent_room.simulate_scenario(value)
         at = await stack.wait_agent_reconnected(since, within=self.recover_timeout)
         if at is None:
-            stack.notes.append(
+            stack.recorder.note(
                 f"{self.kind}: the agent's room did not report 'reconnected' within "
                 f"{self.recover_timeout:g} s"
             )
-        stack.fault_cleared(index, at, detail="the agent's room reconnected")
+        stack.recorder.fault_cleared(index, at, detail="the agent's room reconnected")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +169,7 @@ class RelayRefuses:
         proxy = stack.proxy
         if proxy is None:
             raise RuntimeError("RelayRefuses needs a stack made with StackConfig(proxy=True)")
-        index = stack.fault_started(
+        index = stack.recorder.fault_started(
             f"relay_{self.status}",
             "secondary",
             f"the relay answers {self.status} for {self.seconds:g} s",
@@ -175,7 +177,9 @@ class RelayRefuses:
         proxy.refuse(self.status, self.seconds, retry_after=self.retry_after)
         await anyio.sleep(self.seconds)
         proxy.heal()
-        stack.fault_cleared(index, detail=f"{proxy.refused[self.status]} requests refused")
+        refused = proxy.refused[self.status]
+        stack.recorder.fault_cleared(index, detail=f"{refused} requests refused")
+        stack.recorder.notes.append(f"the proxy answered {refused} requests with {self.status}")
 
 
 FOREIGN_SESSION = "someone-elses-lesson"
@@ -199,7 +203,7 @@ class Garbage:
     settle: float = 1.0
 
     async def run(self, stack: Stack) -> None:
-        index = stack.fault_started("garbage", "none", "bad packets on both channels")
+        index = stack.recorder.fault_started("garbage", "none", "bad packets on both channels")
         before = stack.subscriber.stats()
         session = stack.config.session_id
         epoch = stack.publisher.epoch
@@ -230,24 +234,24 @@ class Garbage:
                 answer = await client.post(
                     stack.relay.url + "/api/transcription", content=body, headers=headers
                 )
-                stack.garbage.append(
+                stack.recorder.garbage.append(
                     GarbageResult("relay", kind, str(expected), str(answer.status_code))
                 )
                 if expected != 200 and header == session:
-                    stack.expected_rejected += 1
+                    stack.recorder.expected_rejected += 1
 
         await anyio.sleep(self.settle)
         after = stack.subscriber.stats()
         p = Channel.PRIMARY
         malformed = after.malformed[p] - before.malformed[p]
         foreign_seen = after.foreign[p] - before.foreign[p]
-        stack.garbage.append(
+        stack.recorder.garbage.append(
             GarbageResult("livekit", "malformed", "2 dropped", f"{malformed} dropped")
         )
-        stack.garbage.append(
+        stack.recorder.garbage.append(
             GarbageResult("livekit", "foreign_session", "1 dropped", f"{foreign_seen} dropped")
         )
-        stack.fault_cleared(index)
+        stack.recorder.fault_cleared(index)
 
 
 def _envelope(session: str, epoch: int, seq: int) -> Envelope:

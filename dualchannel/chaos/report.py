@@ -111,6 +111,8 @@ class Report:
     out_of_order: int
     switches: tuple[SwitchRecord, ...]
     recovery_ms: tuple[float, ...]
+    false_switches: int
+    latency_ms: dict[str, float | None]
     gaps: int
     backfilled: int
     duplicates_suppressed: dict[str, int]
@@ -119,7 +121,7 @@ class Report:
     foreign: dict[str, int]
     subscriber_lost: int
     faults: tuple[FaultRecord, ...]
-    audit: AuditCheck
+    audit: AuditCheck | None
     publisher: dict[str, int]
     garbage: tuple[GarbageResult, ...] = ()
     notes: tuple[str, ...] = field(default=())
@@ -136,14 +138,15 @@ class Report:
             self.lost == 0
             and self.duplicates_delivered == 0
             and self.out_of_order == 0
-            and self.audit.agrees
+            and (self.audit is None or self.audit.agrees)
             and all(g.ok for g in self.garbage)
         )
 
     def to_json(self) -> dict[str, Any]:
         value = asdict(self)
         value["detection_ms"] = list(self.detection_ms)
-        value["audit"]["agrees"] = self.audit.agrees
+        if self.audit is not None:
+            value["audit"]["agrees"] = self.audit.agrees
         for item, garbage in zip(value["garbage"], self.garbage, strict=True):
             item["ok"] = garbage.ok
         value["ok"] = self.ok
@@ -274,11 +277,21 @@ def format_report(report: Report) -> str:
             f"  garbage {garbage.channel}/{garbage.kind}: {garbage.got} "
             f"(expected {garbage.expected}) {mark}"
         )
+    latency = report.latency_ms
+    if latency.get("p50") is not None:
+        lines.append(
+            f"  latency (send call to delivery): p50 {latency['p50']:.0f} ms  "
+            f"p99 {latency['p99']:.0f} ms  max {latency['max']:.0f} ms"
+        )
+    if report.false_switches:
+        lines.append(f"  false switches (outside every fault): {report.false_switches}")
     audit = report.audit
-    lines.append(
-        f"  relay audit: {audit.stored} messages stored for {audit.expected} sent; webhook rows "
-        + ", ".join(f"{k} {v}" for k, v in audit.webhook_rows.items())
-        + ("; agrees" if audit.agrees else "; DISAGREES: " + "; ".join(audit.problems))
-    )
+    if audit is not None:
+        lines.append(
+            f"  relay audit: {audit.stored} messages stored for {audit.expected} sent; "
+            "webhook rows "
+            + ", ".join(f"{k} {v}" for k, v in audit.webhook_rows.items())
+            + ("; agrees" if audit.agrees else "; DISAGREES: " + "; ".join(audit.problems))
+        )
     lines.extend(f"  note: {note}" for note in report.notes)
     return "\n".join(lines)

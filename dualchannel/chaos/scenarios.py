@@ -5,9 +5,12 @@ channels carry the stream, runs the scenario's faults with a little steady strea
 and after, and returns the :class:`~dualchannel.chaos.report.Report`. The whole run is
 bounded by ``Scenario.timeout``.
 
-``expect_switch``: the primary is cut long enough that the consumer must switch to the
-secondary (within 1 s) and back (within 5 s of the recovery). Scenarios whose primary
-stays up must not switch at all.
+``switch`` says what the consumer must do: ``"always"`` — the primary is cut long
+enough that it must switch to the secondary (within 1 s) and back (within 5 s of the
+recovery); ``"never"`` — the primary stays up, so it must not switch at all;
+``"if_silent"`` — LiveKit decides how long the primary is gone (``simulate_scenario``
+may recover in 0.2 s or in 15 s), so it must switch only if the primary fell silent,
+within 1 s of its last signal, and back within 5 s of the recovery.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import anyio
 
@@ -28,8 +32,9 @@ from .faults import (
     RelayRefuses,
     SimulateScenario,
 )
+from .recorder import ProgressFn
 from .report import Report
-from .stack import ProgressFn, Stack, StackConfig
+from .stack import Stack, StackConfig
 
 __all__ = ["SCENARIOS", "Scenario", "run_scenario"]
 
@@ -41,7 +46,7 @@ class Scenario:
     name: str
     title: str
     faults: Sequence[Fault]
-    expect_switch: bool
+    switch: Literal["always", "never", "if_silent"]
     proxy: bool = False
     gap: float = 2.0
     before: float = 1.0
@@ -57,27 +62,27 @@ SCENARIOS: dict[str, Scenario] = {
             "pause_primary",
             "livekit-server paused (SIGSTOP) for 3 s, then continued",
             [PausePrimary(3.0)],
-            expect_switch=True,
+            switch="always",
         ),
         Scenario(
             "kill_primary",
             "livekit-server killed (SIGKILL) and restarted; the rooms reconnect",
             [KillPrimary()],
-            expect_switch=True,
+            switch="always",
             after=3.0,
         ),
         Scenario(
             "kill_relay",
             "the relay killed and restarted on the same database; SSE resumes",
             [KillRelay()],
-            expect_switch=False,
+            switch="never",
             after=3.0,
         ),
         Scenario(
             "both_down",
             "livekit-server and the relay both killed for 2 s, then both back",
             [BothDown(2.0)],
-            expect_switch=True,
+            switch="always",
             after=3.0,
         ),
         Scenario(
@@ -87,19 +92,19 @@ SCENARIOS: dict[str, Scenario] = {
                 SimulateScenario("SIMULATE_SIGNAL_RECONNECT"),
                 SimulateScenario("SIMULATE_MIGRATION"),
             ],
-            expect_switch=True,
+            switch="if_silent",
         ),
         Scenario(
             "simulate_node_failure",
             "Room.simulate_scenario on the agent: node failure",
             [SimulateScenario("SIMULATE_NODE_FAILURE")],
-            expect_switch=True,
+            switch="if_silent",
         ),
         Scenario(
             "relay_429_503",
             "the relay answering 429 for 3 s, then 503 for 3 s",
             [RelayRefuses(429, 3.0), RelayRefuses(503, 3.0)],
-            expect_switch=False,
+            switch="never",
             proxy=True,
             gap=0.0,
         ),
@@ -107,7 +112,7 @@ SCENARIOS: dict[str, Scenario] = {
             "garbage",
             "garbage on both channels (bad JSON, foreign sessions, oversize) in a valid stream",
             [Garbage()],
-            expect_switch=False,
+            switch="never",
         ),
     )
 }
