@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_cli.add_parser(subparsers)
     __import__("dualchannel.cli.serve", fromlist=["add_parser"]).add_parser(subparsers)
+    __import__("dualchannel.cli.demo", fromlist=["add_parser"]).add_parser(subparsers)
     return parser
 
 
