@@ -48,6 +48,26 @@ def test_consumer_example_prints_each_message_once(relay: RelayProcess) -> None:
     assert lines[-1].startswith("delivered 5")
 
 
+def test_agent_example_then_consumer_example_through_the_relay(relay: RelayProcess) -> None:
+    agent = subprocess.run(
+        [sys.executable, str(EXAMPLES / "agent.py"), "--session", SESSION,
+         "--relay-url", relay.url, "--webhook-secret", WEBHOOK_SECRET,
+         "--count", "6", "--rate", "50"],
+        capture_output=True, text=True, timeout=bound(60), check=False,
+    )  # fmt: skip
+    assert agent.returncode == 0, agent.stderr
+    consumer = subprocess.run(
+        [sys.executable, str(EXAMPLES / "consumer.py"), "--session", SESSION,
+         "--relay-url", relay.url, "--api-key", DEV_API_KEY, "--api-secret", DEV_API_SECRET,
+         "--count", "6"],
+        capture_output=True, text=True, timeout=bound(30), check=False,
+    )  # fmt: skip
+    assert consumer.returncode == 0, consumer.stderr
+    lines = consumer.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:6]] == ["1", "2", "3", "4", "5", "6"]
+    assert "factor quadratics" in lines[0]
+
+
 async def test_frontend_service_reserves_the_merged_stream(relay: RelayProcess) -> None:
     post_sync(relay, range(1, 4))
     port = free_port()
