@@ -10,6 +10,7 @@ The tree::
     ├── OutboxFull                 the publisher's webhook outbox stayed full past its timeout
     ├── ConfigurationError         a setting is missing or contradicts another one
     ├── TokenError                 a LiveKit access token is malformed, expired or foreign
+    ├── InvalidSignature           a webhook's signature headers are missing, stale or wrong
     └── ChannelError               a channel failed; raised at the I/O adapters
         ├── LiveKitError           the LiveKit data channel (``livekit.rtc``) failed
         ├── RelayError             the relay (webhook POST, SSE, backfill) failed
@@ -34,6 +35,7 @@ __all__ = [
     "DualChannelError",
     "EnvelopeError",
     "EnvelopeTooLarge",
+    "InvalidSignature",
     "LiveKitError",
     "OutboxFull",
     "RelayAuthError",
@@ -92,6 +94,10 @@ class ConfigurationError(DualChannelError, ValueError):
 
 class TokenError(DualChannelError, ValueError):
     """A LiveKit access token is malformed, expired, or not signed by the given key pair."""
+
+
+class InvalidSignature(DualChannelError, ValueError):
+    """A webhook's signature headers are missing, stale, or match no signature."""
 
 
 class ChannelError(DualChannelError):

@@ -22,7 +22,7 @@ import hmac
 import secrets
 from collections.abc import Mapping, Sequence
 
-from .errors import DualChannelError
+from .errors import InvalidSignature
 
 __all__ = [
     "DEFAULT_TOLERANCE",
@@ -40,10 +40,6 @@ __all__ = [
 SECRET_PREFIX = "whsec_"
 #: How far (seconds) a ``webhook-timestamp`` may be from the verifier's clock.
 DEFAULT_TOLERANCE = 300.0
-
-
-class InvalidSignature(DualChannelError, ValueError):
-    """A webhook's signature headers are missing, stale, or match no signature."""
 
 
 def generate_secret(nbytes: int = 24) -> str:
