@@ -10,11 +10,14 @@ import argparse
 import json
 import platform
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SUITES = ("buffer",)
+SUITES = ("buffer", "ingest", "delivery", "idle", "centrifugo", "failover")
+
+Progress = Callable[[str], None]
 
 
 def add_parser(subparsers: Any) -> None:
@@ -38,6 +41,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per case; medians reported")
     parser.add_argument(
         "--quick", action="store_true", help="small sizes for a smoke run (200,000 messages, 1 run)"
+    )
+    parser.add_argument(
+        "--soak",
+        type=float,
+        default=600.0,
+        help="seconds of the failover suite's false-switch run with both channels healthy "
+        "(default 600; --quick uses 15)",
     )
     parser.add_argument(
         "--output",
@@ -69,13 +79,18 @@ def run(args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             results = {}
     ok = True
-    if "buffer" in suites:
-        from ..bench.buffer import run_buffer_bench
-
-        result = run_buffer_bench(messages=messages, repeats=repeats, progress=_progress)
+    for suite in SUITES:
+        if suite not in suites:
+            continue
+        _progress(f"== {suite}")
+        started = datetime.now(UTC)
+        result = _runner(suite)(args, messages, repeats, _progress)
         result["machine"] = _machine()
-        results["buffer"] = result
-        ok &= all(case["met"] for case in result["cases"].values())
+        result["wall_s"] = round((datetime.now(UTC) - started).total_seconds(), 1)
+        results[suite] = result
+        ok &= _met(suite, result)
+        # write after every suite, so a long run keeps what it measured
+        raw_path.write_text(json.dumps(results, indent=2) + "\n")
     raw_path.write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / "benchmarks.md").write_text(_markdown(results))
     _progress(f"wrote {out_dir / 'benchmarks.md'} and {raw_path}")
@@ -94,9 +109,75 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _markdown(results: dict[str, Any]) -> str:
-    from ..bench.buffer import buffer_markdown
+def _runner(suite: str) -> Callable[[argparse.Namespace, int, int, Progress], dict[str, Any]]:
+    def buffer(a: argparse.Namespace, messages: int, repeats: int, p: Progress) -> dict[str, Any]:
+        from ..bench.buffer import run_buffer_bench
 
+        return run_buffer_bench(messages=messages, repeats=repeats, progress=p)
+
+    def ingest(a: argparse.Namespace, messages: int, repeats: int, p: Progress) -> dict[str, Any]:
+        from ..bench.ingest import run_ingest_bench
+
+        return run_ingest_bench(quick=a.quick, repeats=repeats, progress=p)
+
+    def delivery(a: argparse.Namespace, messages: int, repeats: int, p: Progress) -> dict[str, Any]:
+        from ..bench.delivery import run_delivery_bench
+
+        return run_delivery_bench(quick=a.quick, repeats=repeats, progress=p)
+
+    def idle(a: argparse.Namespace, messages: int, repeats: int, p: Progress) -> dict[str, Any]:
+        from ..bench.idle import run_idle_bench
+
+        return run_idle_bench(quick=a.quick, repeats=repeats, progress=p)
+
+    def centrifugo(
+        a: argparse.Namespace, messages: int, repeats: int, p: Progress
+    ) -> dict[str, Any]:
+        from ..bench.centrifugo import run_centrifugo_bench
+
+        return run_centrifugo_bench(quick=a.quick, repeats=repeats, progress=p)
+
+    def failover(a: argparse.Namespace, messages: int, repeats: int, p: Progress) -> dict[str, Any]:
+        from ..bench.failover import run_failover_bench
+
+        soak = 15.0 if a.quick else a.soak
+        return run_failover_bench(quick=a.quick, soak=soak, progress=p)
+
+    runners = {
+        "buffer": buffer,
+        "ingest": ingest,
+        "delivery": delivery,
+        "idle": idle,
+        "centrifugo": centrifugo,
+        "failover": failover,
+    }
+    return runners[suite]
+
+
+def _met(suite: str, result: dict[str, Any]) -> bool:
+    if suite == "buffer":
+        return all(case["met"] for case in result["cases"].values())
+    met = result.get("met")
+    if isinstance(met, dict):
+        return all(met.values())
+    return met is not False
+
+
+def _section(suite: str, result: dict[str, Any]) -> str:
+    from ..bench import buffer, centrifugo, delivery, failover, idle, ingest
+
+    render: dict[str, Callable[[dict[str, Any]], str]] = {
+        "buffer": buffer.buffer_markdown,
+        "ingest": ingest.ingest_markdown,
+        "delivery": delivery.delivery_markdown,
+        "idle": idle.idle_markdown,
+        "centrifugo": centrifugo.centrifugo_markdown,
+        "failover": failover.failover_markdown,
+    }
+    return render[suite](result)
+
+
+def _markdown(results: dict[str, Any]) -> str:
     parts = [
         "# Benchmarks",
         "",
@@ -105,11 +186,17 @@ def _markdown(results: dict[str, Any]) -> str:
         "of repeated runs, and comparisons are measured side by side in one run.",
         "",
     ]
-    if "buffer" in results:
-        machine = results["buffer"].get("machine", {})
-        parts.append(buffer_markdown(results["buffer"]))
+    for suite in SUITES:
+        if suite not in results:
+            continue
+        result = results[suite]
+        machine = result.get("machine", {})
+        parts.append(_section(suite, result))
+        mode = (
+            " (quick smoke run: small sizes, not figures to quote)" if result.get("quick") else ""
+        )
         parts.append(
             f"Measured {machine.get('at', '?')} on {machine.get('cpus', '?')} CPUs, "
-            f"Python {machine.get('python', '?')}.\n"
+            f"Python {machine.get('python', '?')}, in {result.get('wall_s', '?')} s{mode}.\n"
         )
     return "\n".join(parts)
