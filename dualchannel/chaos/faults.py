@@ -109,7 +109,9 @@ class KillRelay:
 
 @dataclass(frozen=True, slots=True)
 class BothDown:
-    """livekit-server and the relay both SIGKILLed for ``seconds``, then both restarted."""
+    """livekit-server and the relay both SIGKILLed for ``seconds``, then both restarted
+    (at once). Counts as cleared when livekit-server is back: recovery is the switch back
+    to the primary."""
 
     seconds: float = 2.0
 
@@ -122,10 +124,19 @@ class BothDown:
         await anyio.to_thread.run_sync(stack.livekit.kill)
         stack.relay.kill()
         await anyio.sleep(self.seconds)
+        primary_back: list[float] = []
+
+        async def restart_livekit() -> None:
+            await anyio.to_thread.run_sync(stack.livekit.start)
+            primary_back.append(time.monotonic())
+
         async with anyio.create_task_group() as group:
-            group.start_soon(anyio.to_thread.run_sync, stack.livekit.start)
+            group.start_soon(restart_livekit)
             group.start_soon(anyio.to_thread.run_sync, stack.relay.start)
-        stack.recorder.fault_cleared(index, detail="both restarted")
+        # Recovery is measured against the primary's return: the switch back is to it.
+        lag = time.monotonic() - primary_back[0]
+        detail = f"both restarted (the relay {lag:.1f} s after livekit-server)"
+        stack.recorder.fault_cleared(index, primary_back[0], detail=detail)
 
 
 @dataclass(frozen=True, slots=True)

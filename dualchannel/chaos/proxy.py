@@ -23,7 +23,7 @@ from typing import Self
 import anyio
 import h11
 import httpx
-from anyio.abc import SocketAttribute, SocketStream, TaskGroup
+from anyio.abc import Listener, SocketAttribute, SocketStream, TaskGroup
 
 __all__ = ["FaultProxy"]
 
@@ -64,6 +64,7 @@ class FaultProxy:
         self._fault: tuple[int, float, float] | None = None  # status, until, retry_after
         self._client: httpx.AsyncClient | None = None
         self._group: TaskGroup | None = None
+        self._listener: Listener[SocketStream] | None = None
 
     @property
     def url(self) -> str:
@@ -86,7 +87,9 @@ class FaultProxy:
         return self._fault[0]
 
     async def __aenter__(self) -> Self:
-        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=0)
+        listener = self._listener = await anyio.create_tcp_listener(
+            local_host=self.host, local_port=0
+        )
         self.port = listener.extra(SocketAttribute.local_port)
         self._client = httpx.AsyncClient(
             base_url=self.upstream, timeout=self._timeout, trust_env=False
@@ -101,6 +104,8 @@ class FaultProxy:
         if group is not None:
             group.cancel_scope.cancel()
             await group.__aexit__(None, None, None)
+        if self._listener is not None:
+            await self._listener.aclose()
         if self._client is not None:
             await self._client.aclose()
 

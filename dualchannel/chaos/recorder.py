@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 import anyio
@@ -35,7 +35,7 @@ from ..protocol import (
 from ..subscriber import DualChannelSubscriber, SubscriberStats
 from .report import AuditCheck, FaultRecord, GarbageResult, Report, SwitchRecord
 
-__all__ = ["Delivery", "ProgressFn", "Recorder", "percentile"]
+__all__ = ["Delivery", "ProgressFn", "Recorder", "attribute", "percentile"]
 
 ProgressFn = Callable[[str], None]
 #: What ``DualChannelSubscriber.events()`` yields.
@@ -198,44 +198,19 @@ class Recorder:
         silent_for: float,
     ) -> None:
         self._active = to_channel
-        at_ms = self.ms(at)
-        fault_key: str | None = None
-        detection: float | None = None
-        recovery: float | None = None
-        if self.warm_at is not None and from_channel is not None:
-            detected = {s.fault for s in self.switches if s.detection_ms is not None}
-            for fault in reversed(self.faults):
-                if (
-                    _cuts(fault, from_channel)
-                    and fault.injected_ms <= at_ms
-                    and _key(fault) not in detected
-                ):
-                    fault_key, detection = _key(fault), at_ms - fault.injected_ms
-                    break
-        if self.warm_at is not None and to_channel is P:
-            detected = {s.fault for s in self.switches if s.detection_ms is not None}
-            recovered = {s.fault for s in self.switches if s.recovery_ms is not None}
-            for fault in reversed(self.faults):
-                key = _key(fault)
-                if (
-                    _cuts(fault, P)
-                    and fault.cleared_ms is not None
-                    and key in detected
-                    and key not in recovered
-                ):
-                    fault_key, recovery = key, at_ms - fault.cleared_ms
-                    break
-        record = SwitchRecord(
-            at_ms=at_ms,
-            from_channel=from_channel.value if from_channel is not None else None,
-            to_channel=to_channel.value if to_channel is not None else None,
-            reason=reason,
-            silent_ms=silent_for * 1000.0,
-            fault=fault_key,
-            detection_ms=detection,
-            recovery_ms=recovery,
+        self.switches.append(
+            SwitchRecord(
+                at_ms=self.ms(at),
+                from_channel=from_channel.value if from_channel is not None else None,
+                to_channel=to_channel.value if to_channel is not None else None,
+                reason=reason,
+                silent_ms=silent_for * 1000.0,
+            )
         )
-        self.switches.append(record)
+        if self.warm_at is not None:
+            self.switches = attribute(self.switches, self.faults)
+        record = self.switches[-1]
+        detection, recovery = record.detection_ms, record.recovery_ms
         parts = [f"SWITCH {record.from_channel or 'none'} → {record.to_channel or 'none'}"]
         if detection is not None:
             parts.append(f"detected {detection:.0f} ms after the fault")
@@ -295,6 +270,7 @@ class Recorder:
             if seq < highest:
                 out_of_order += 1
             highest = max(highest, seq)
+        switches = attribute(self.switches, self.faults)
         notes = list(self.notes)
         other = len(self.deliveries) - len(seqs)
         if other:
@@ -313,8 +289,8 @@ class Recorder:
             lost=len(set(range(1, sent + 1)) - distinct),
             duplicates_delivered=len(seqs) - len(distinct),
             out_of_order=out_of_order,
-            switches=tuple(self.switches),
-            recovery_ms=tuple(s.recovery_ms for s in self.switches if s.recovery_ms is not None),
+            switches=tuple(switches),
+            recovery_ms=tuple(s.recovery_ms for s in switches if s.recovery_ms is not None),
             false_switches=self.false_switches(),
             latency_ms=self.latency_ms(epoch),
             gaps=stats.gaps,
@@ -332,13 +308,49 @@ class Recorder:
         )
 
 
+def attribute(
+    switches: Sequence[SwitchRecord], faults: Sequence[FaultRecord]
+) -> list[SwitchRecord]:
+    """Match each switch to the fault that caused it (see the module docs).
+
+    Pure: called on every switch for the live lines, and once more for the report, when
+    every fault's clearing time is known (a switch back can precede the moment a fault
+    that cut both channels counts as cleared).
+    """
+    detected: dict[str, SwitchRecord] = {}
+    recovered: set[str] = set()
+    out: list[SwitchRecord] = []
+    for switch in switches:
+        fault_key: str | None = None
+        detection: float | None = None
+        recovery: float | None = None
+        if switch.from_channel is not None:
+            for fault in reversed(faults):
+                key = _key(fault)
+                if (
+                    fault.channels in ("both", switch.from_channel)
+                    and fault.injected_ms <= switch.at_ms
+                    and key not in detected
+                ):
+                    fault_key, detection = key, switch.at_ms - fault.injected_ms
+                    detected[key] = switch
+                    break
+        if switch.to_channel == P.value:
+            for fault in faults:  # the oldest detected fault still waiting for recovery
+                key = _key(fault)
+                if key in detected and key not in recovered and detected[key] is not switch:
+                    recovered.add(key)
+                    fault_key = key
+                    if fault.cleared_ms is not None:
+                        recovery = switch.at_ms - fault.cleared_ms
+                    break
+        out.append(replace(switch, fault=fault_key, detection_ms=detection, recovery_ms=recovery))
+    return out
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
 def _key(fault: FaultRecord) -> str:
     return f"{fault.name}@{fault.injected_ms / 1000:.1f}s"
-
-
-def _cuts(fault: FaultRecord, channel: Channel) -> bool:
-    return fault.channels in ("both", channel.value)

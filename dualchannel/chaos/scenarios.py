@@ -22,6 +22,7 @@ from typing import Literal
 
 import anyio
 
+from ..envelope import Channel
 from .faults import (
     BothDown,
     Fault,
@@ -34,7 +35,7 @@ from .faults import (
 )
 from .recorder import ProgressFn
 from .report import Report
-from .stack import Stack, StackConfig
+from .stack import Stack, StackConfig, poll
 
 __all__ = ["SCENARIOS", "Scenario", "run_scenario"]
 
@@ -50,7 +51,8 @@ class Scenario:
     proxy: bool = False
     gap: float = 2.0
     before: float = 1.0
-    after: float = 2.0
+    after: float = 1.5
+    settle_limit: float = 10.0
     timeout: float = 60.0
     notes: tuple[str, ...] = field(default=())
 
@@ -69,21 +71,18 @@ SCENARIOS: dict[str, Scenario] = {
             "livekit-server killed (SIGKILL) and restarted; the rooms reconnect",
             [KillPrimary()],
             switch="always",
-            after=3.0,
         ),
         Scenario(
             "kill_relay",
             "the relay killed and restarted on the same database; SSE resumes",
             [KillRelay()],
             switch="never",
-            after=3.0,
         ),
         Scenario(
             "both_down",
             "livekit-server and the relay both killed for 2 s, then both back",
             [BothDown(2.0)],
             switch="always",
-            after=3.0,
         ),
         Scenario(
             "simulate_reconnect",
@@ -150,5 +149,8 @@ async def run_scenario(
                 if index:
                     await anyio.sleep(scenario.gap)
                 await fault.run(stack)
+            # Run on until the primary is active again (bounded), then a little longer.
+            with anyio.move_on_after(scenario.settle_limit):
+                await poll(lambda: stack.subscriber.status().active is Channel.PRIMARY)
             await anyio.sleep(scenario.after)
             return await stack.finish()

@@ -48,7 +48,7 @@ from livekit import rtc
 from ..channels.livekit import LinkState
 from ..devserver import DEV_API_KEY, DEV_API_SECRET, LiveKitDevServer, ensure_livekit_server
 from ..envelope import Channel
-from ..errors import ClosedError, OutboxFull
+from ..errors import ClosedError, ConfigurationError, OutboxFull
 from ..protocol.fallback import FallbackPolicy
 from ..publisher import CloseReport, DualChannelPublisher, HeartbeatPolicy
 from ..server.process import RelayProcess
@@ -193,16 +193,7 @@ class Stack:
 
         relay_url: str | None = None
         if config.secondary:
-            self.relay = RelayProcess(
-                self.work_dir / "relay.db",
-                dev=False,
-                webhook_secret=WEBHOOK_SECRET,
-                livekit_api_key=DEV_API_KEY,
-                livekit_api_secret=DEV_API_SECRET,
-                extra_args=list(config.relay_args),
-                startup_timeout=config.startup_timeout,
-            )
-            await anyio.to_thread.run_sync(self.relay.start)
+            self.relay = await self._start_relay()
             stack.callback(self.relay.kill)
             where.append(f"relay pid {self.relay.pid} on {self.relay.url}")
             relay_url = self.relay.url
@@ -260,6 +251,32 @@ class Stack:
                 await poll(lambda: self.subscriber.status().link_state[P] is LinkState.CONNECTED)
         self._producer = anyio.CancelScope()
         group.start_soon(self._produce, self._producer)
+
+    async def _start_relay(self) -> RelayProcess:
+        """A started relay; a second try on a fresh port if the first one fails (the
+        free port it was given may have been taken in between)."""
+        for attempt in (1, 2):
+            relay = RelayProcess(
+                self.work_dir / "relay.db",
+                dev=False,
+                webhook_secret=WEBHOOK_SECRET,
+                livekit_api_key=DEV_API_KEY,
+                livekit_api_secret=DEV_API_SECRET,
+                extra_args=list(self.config.relay_args),
+                log=self.work_dir / f"relay-{attempt}.log",
+                startup_timeout=self.config.startup_timeout,
+            )
+            try:
+                await anyio.to_thread.run_sync(relay.start)
+            except ConfigurationError as exc:
+                if attempt == 2:
+                    raise
+                tail = relay.log_path.read_text(errors="replace")[-2000:]
+                self.recorder.note(f"the relay did not start ({exc}); again on another port")
+                logger.warning("relay_start_failed", extra={"log": tail})
+                continue
+            return relay
+        raise AssertionError("unreachable")
 
     def token(self, identity: str) -> str:
         """A LiveKit token for ``identity`` in the session's room (the relay takes it too)."""
