@@ -188,6 +188,23 @@ def ensure_livekit_server(*, timeout: float = 900.0) -> Path:
     return built
 
 
+def _wait_stopped(pid: int, *, timeout: float) -> None:
+    """Wait until every thread of ``pid`` is in state T (stopped), as /proc tells."""
+    task_dir = Path(f"/proc/{pid}/task")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = [
+                (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                for task in task_dir.iterdir()
+            ]
+        except (OSError, IndexError):
+            return  # no /proc (not Linux) or the process is gone: nothing to wait for
+        if states and all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.002)
+
+
 @dataclass(frozen=True, slots=True)
 class DevServerPorts:
     """The loopback ports a dev server listens on."""
@@ -441,8 +458,14 @@ class LiveKitDevServer:
         self._reap()
 
     def pause(self) -> None:
-        """SIGSTOP the process: every socket stays open and nothing answers."""
-        os.kill(self._require_pid(), signal.SIGSTOP)
+        """SIGSTOP the process: every socket stays open and nothing answers.
+
+        Returns once every thread is stopped: ``kill`` returns as soon as the signal is
+        queued, and a thread busy on another core can run on for a moment.
+        """
+        pid = self._require_pid()
+        os.kill(pid, signal.SIGSTOP)
+        _wait_stopped(pid, timeout=2.0)
 
     def resume(self) -> None:
         """SIGCONT a paused process."""
