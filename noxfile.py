@@ -27,7 +27,7 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff")
     session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", ".")
+    session.run("ruff", "format", "--check", "dualchannel", "tests", "examples", "noxfile.py")
 
 
 @nox.session(python=PYTHON)

@@ -33,38 +33,80 @@ def add_parser(subparsers: Any) -> None:
         description="Run the dualchannel relay under uvicorn. Each flag also reads "
         "DUALCHANNEL_<FLAG> from the environment.",
     )
-    parser.add_argument("--host", default=_env("HOST", "127.0.0.1"),
-                        help="address to bind (default 127.0.0.1; env DUALCHANNEL_HOST)")
-    parser.add_argument("--port", type=int, default=int(_env("PORT", "8000") or "8000"),
-                        help="port to bind (default 8000; env DUALCHANNEL_PORT)")
-    parser.add_argument("--database", default=_env("DATABASE", "sqlite:///dualchannel.db"),
-                        help="SQLAlchemy URL of the store (default sqlite:///dualchannel.db)")
-    parser.add_argument("--webhook-secret", action="append", default=None,
-                        help="whsec_<base64> secret webhooks must be signed with; repeat to "
-                        "accept several during rotation (env DUALCHANNEL_WEBHOOK_SECRET)")
-    parser.add_argument("--livekit-api-key", default=_env("LIVEKIT_API_KEY"),
-                        help="LiveKit API key that subscriber tokens are verified with")
-    parser.add_argument("--livekit-api-secret", default=_env("LIVEKIT_API_SECRET"),
-                        help="LiveKit API secret that subscriber tokens are verified with")
-    parser.add_argument("--dev", action="store_true", default=_env_flag("DEV"),
-                        help="let subscribers in without a token (local work only)")
-    parser.add_argument("--retention", type=float,
-                        default=float(_env("RETENTION", "86400") or "86400"),
-                        help="seconds messages and audit rows are kept (default 86400)")
-    parser.add_argument("--rate-limit", default=_env("RATE_LIMIT", "100/minute"),
-                        help="ingest rate per session, 'N/second|minute|hour' (default 100/minute)")
-    parser.add_argument("--max-body-bytes", type=int,
-                        default=int(_env("MAX_BODY_BYTES", "262144") or "262144"),
-                        help="largest ingest body (default 262144)")
-    parser.add_argument("--max-batch", type=int,
-                        default=int(_env("MAX_BATCH", "100") or "100"),
-                        help="most envelopes in one batch (default 100)")
-    parser.add_argument("--heartbeat-interval", type=float,
-                        default=float(_env("HEARTBEAT_INTERVAL", "1.0") or "1.0"),
-                        help="seconds between SSE heartbeats (default 1.0)")
-    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
-                        choices=["critical", "error", "warning", "info", "debug"],
-                        help="log level (default info)")
+    parser.add_argument(
+        "--host",
+        default=_env("HOST", "127.0.0.1"),
+        help="address to bind (default 127.0.0.1; env DUALCHANNEL_HOST)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("PORT", "8000") or "8000"),
+        help="port to bind (default 8000; env DUALCHANNEL_PORT)",
+    )
+    parser.add_argument(
+        "--database",
+        default=_env("DATABASE", "sqlite:///dualchannel.db"),
+        help="SQLAlchemy URL of the store (default sqlite:///dualchannel.db)",
+    )
+    parser.add_argument(
+        "--webhook-secret",
+        action="append",
+        default=None,
+        help="whsec_<base64> secret webhooks must be signed with; repeat to "
+        "accept several during rotation (env DUALCHANNEL_WEBHOOK_SECRET)",
+    )
+    parser.add_argument(
+        "--livekit-api-key",
+        default=_env("LIVEKIT_API_KEY"),
+        help="LiveKit API key that subscriber tokens are verified with",
+    )
+    parser.add_argument(
+        "--livekit-api-secret",
+        default=_env("LIVEKIT_API_SECRET"),
+        help="LiveKit API secret that subscriber tokens are verified with",
+    )
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        default=_env_flag("DEV"),
+        help="let subscribers in without a token (local work only)",
+    )
+    parser.add_argument(
+        "--retention",
+        type=float,
+        default=float(_env("RETENTION", "86400") or "86400"),
+        help="seconds messages and audit rows are kept (default 86400)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        default=_env("RATE_LIMIT", "100/minute"),
+        help="ingest rate per session, 'N/second|minute|hour' (default 100/minute)",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=int(_env("MAX_BODY_BYTES", "262144") or "262144"),
+        help="largest ingest body (default 262144)",
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=int(_env("MAX_BATCH", "100") or "100"),
+        help="most envelopes in one batch (default 100)",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=float(_env("HEARTBEAT_INTERVAL", "1.0") or "1.0"),
+        help="seconds between SSE heartbeats (default 1.0)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "info"),
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="log level (default info)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -82,8 +124,10 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import ConfigurationError
         from ..server import create_app
     except ImportError as exc:  # pragma: no cover - depends on the install
-        print(f"error: the relay needs the server extra: pip install 'dualchannel[server]' "
-              f"({exc})", file=sys.stderr)
+        print(
+            f"error: the relay needs the server extra: pip install 'dualchannel[server]' ({exc})",
+            file=sys.stderr,
+        )
         return 2
     try:
         app = create_app(
@@ -101,8 +145,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     config = uvicorn.Config(
         app,
         host=args.host,

@@ -28,11 +28,15 @@ from tests.fixtures.relay import DEV_API_KEY, DEV_API_SECRET, WEBHOOK_SECRET
 JSON = {"content-type": "application/json"}
 
 
-def envelope(session: str = "lesson-1", seq: int = 1, *, epoch: int = 1, text: str = "hi",
-             size: int = 0) -> Envelope:
+def envelope(
+    session: str = "lesson-1", seq: int = 1, *, epoch: int = 1, text: str = "hi", size: int = 0
+) -> Envelope:
     content = text if not size else "x" * size
     return Envelope.transcript(
-        session_id=session, epoch=epoch, seq=seq, segments=[{"content": content}],
+        session_id=session,
+        epoch=epoch,
+        seq=seq,
+        segments=[{"content": content}],
         speaker="teacher",
     )
 
@@ -41,8 +45,9 @@ def batch_body(envelopes: Sequence[Envelope]) -> bytes:
     return b"[" + b",".join(e.to_bytes(max_size=None) for e in envelopes) + b"]"
 
 
-def token(room: str, *, join: bool = True, subscribe: bool = True,
-          secret: str = DEV_API_SECRET) -> str:
+def token(
+    room: str, *, join: bool = True, subscribe: bool = True, secret: str = DEV_API_SECRET
+) -> str:
     grants = VideoGrants(room_join=join, room=room, can_subscribe=subscribe)
     return (
         AccessToken(DEV_API_KEY, secret)
@@ -86,8 +91,9 @@ async def served(app: Starlette) -> AsyncIterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws="none",
-                            timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        app, log_level="warning", lifespan="on", ws="none", timeout_graceful_shutdown=2
+    )
     server = uvicorn.Server(config)
     try:
         async with anyio.create_task_group() as tg:
@@ -129,8 +135,9 @@ async def read_events(
     return events
 
 
-def signed(body: bytes, secret: str = WEBHOOK_SECRET, *, offset: float = 0.0,
-           **extra: str) -> dict[str, str]:
+def signed(
+    body: bytes, secret: str = WEBHOOK_SECRET, *, offset: float = 0.0, **extra: str
+) -> dict[str, str]:
     """Headers for ``body`` signed by the ``standardwebhooks`` reference library."""
     hook = Webhook(secret)
     msg_id = "msg_" + uuid.uuid4().hex

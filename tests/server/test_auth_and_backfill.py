@@ -29,11 +29,17 @@ async def test_refusals(closed_app: Starlette, route: str) -> None:
         cases = [
             ({}, 401, "missing_token"),
             ({"authorization": "Bearer not-a-jwt"}, 401, "invalid_token"),
-            ({"authorization": "Bearer " + token("lesson-1", secret="x" * 40)}, 401,
-             "invalid_token"),
+            (
+                {"authorization": "Bearer " + token("lesson-1", secret="x" * 40)},
+                401,
+                "invalid_token",
+            ),
             ({"authorization": "Bearer " + token("lesson-2")}, 403, "wrong_room"),
-            ({"authorization": "Bearer " + token("lesson-1", subscribe=False)}, 403,
-             "missing_grant"),
+            (
+                {"authorization": "Bearer " + token("lesson-1", subscribe=False)},
+                403,
+                "missing_grant",
+            ),
             ({"authorization": "Bearer " + token("lesson-1", join=False)}, 403, "missing_grant"),
         ]
         for headers, status, code in cases:
@@ -45,14 +51,14 @@ async def test_refusals(closed_app: Starlette, route: str) -> None:
 
 async def test_token_opens_both_routes(closed_app: Starlette) -> None:
     async with served(closed_app) as base, httpx.AsyncClient(timeout=bound(10)) as client:
-        await client.post(base + "/api/transcription", content=envelope().to_bytes(),
-                          headers=JSON)
+        await client.post(base + "/api/transcription", content=envelope().to_bytes(), headers=JSON)
         good = token("lesson-1")
         page = await client.get(base + ROUTES[0], headers={"authorization": f"Bearer {good}"})
         assert page.status_code == 200 and len(page.json()["messages"]) == 1
         with anyio.fail_after(bound(10)):
-            by_header = await read_events(client, base + ROUTES[1], count=1,
-                                          headers={"authorization": f"Bearer {good}"})
+            by_header = await read_events(
+                client, base + ROUTES[1], count=1, headers={"authorization": f"Bearer {good}"}
+            )
             by_query = await read_events(client, f"{base}{ROUTES[1]}?token={good}", count=1)
         assert by_header[0].id == by_query[0].id == "1"
 
@@ -67,8 +73,9 @@ async def test_dev_mode_needs_no_token_but_checks_one_given(tmp_path: Path) -> N
 async def test_backfill_pages_by_epoch_and_seq(tmp_path: Path) -> None:
     async with asgi_client(make_app(tmp_path, dev=True)) as client:
         body = batch_body([envelope(seq=s, epoch=e) for e in (2, 1) for s in range(1, 6)])
-        assert (await client.post("/api/transcription", content=body,
-                                  headers=JSON)).status_code == 200
+        assert (
+            await client.post("/api/transcription", content=body, headers=JSON)
+        ).status_code == 200
 
         def keys(answer: httpx.Response) -> list[tuple[int, int]]:
             return [(m["epoch"], m["seq"]) for m in answer.json()["messages"]]
@@ -84,8 +91,12 @@ async def test_backfill_pages_by_epoch_and_seq(tmp_path: Path) -> None:
         assert keys(rest) == [(2, 5)] and rest.json()["hasMore"] is False
         assert (await client.get("/api/sessions/nobody-yet/messages")).json()["messages"] == []
 
-        for params, field in (({"limit": 0}, "limit"), ({"limit": 1001}, "limit"),
-                              ({"epoch": "x"}, "epoch"), ({"after_seq": -1}, "after_seq")):
+        for params, field in (
+            ({"limit": 0}, "limit"),
+            ({"limit": 1001}, "limit"),
+            ({"epoch": "x"}, "epoch"),
+            ({"after_seq": -1}, "after_seq"),
+        ):
             bad = await client.get(ROUTES[0], params=params)
             assert bad.status_code == 400
             assert bad.json()["details"][0]["field"] == field
