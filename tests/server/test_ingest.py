@@ -40,8 +40,9 @@ async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def post(client: httpx.AsyncClient, body: bytes, **headers: str) -> httpx.Response:
-    return await client.post("/api/transcription", content=body,
-                             headers={**signed(body), **headers})
+    return await client.post(
+        "/api/transcription", content=body, headers={**signed(body), **headers}
+    )
 
 
 async def test_accepts_one_envelope_and_counts_a_repeat_as_duplicate(
@@ -146,9 +147,7 @@ async def test_signature_interop_and_rejections(client: httpx.AsyncClient) -> No
     wrong = await client.post("/api/transcription", content=body, headers=signed(body, other))
     assert_error(wrong, 401, "bad_signature")
 
-    stale = await client.post(
-        "/api/transcription", content=body, headers=signed(body, offset=-301)
-    )
+    stale = await client.post("/api/transcription", content=body, headers=signed(body, offset=-301))
     assert_error(stale, 401, "bad_signature")
     skewed = await client.post("/api/transcription", content=body, headers=signed(body, offset=200))
     assert skewed.status_code == 200
@@ -172,8 +171,9 @@ async def test_secret_rotation_accepts_both(tmp_path: Path) -> None:
     async with asgi_client(app) as client:
         for seq, secret in ((1, WEBHOOK_SECRET), (2, new)):
             body = envelope(seq=seq).to_bytes()
-            answer = await client.post("/api/transcription", content=body,
-                                       headers=signed(body, secret))
+            answer = await client.post(
+                "/api/transcription", content=body, headers=signed(body, secret)
+            )
             assert answer.status_code == 200, answer.text
 
 
@@ -182,20 +182,23 @@ async def test_rate_limit_429_with_retry_after(tmp_path: Path) -> None:
     async with asgi_client(app) as client:
         remaining = []
         for seq in (1, 2, 3):
-            answer = await client.post("/api/transcription",
-                                       content=envelope(seq=seq).to_bytes(), headers=JSON)
+            answer = await client.post(
+                "/api/transcription", content=envelope(seq=seq).to_bytes(), headers=JSON
+            )
             assert answer.status_code == 200
             remaining.append(int(answer.headers["ratelimit-remaining"]))
         assert remaining == [2, 1, 0]
-        refused = await client.post("/api/transcription",
-                                    content=envelope(seq=4).to_bytes(), headers=JSON)
+        refused = await client.post(
+            "/api/transcription", content=envelope(seq=4).to_bytes(), headers=JSON
+        )
         body = assert_error(refused, 429, "rate_limited")
         assert body["message"]
         assert 1 <= int(refused.headers["retry-after"]) <= 60
         assert refused.headers["ratelimit-remaining"] == "0"
         # Another session has its own budget.
-        other = await client.post("/api/transcription",
-                                  content=envelope("lesson-2").to_bytes(), headers=JSON)
+        other = await client.post(
+            "/api/transcription", content=envelope("lesson-2").to_bytes(), headers=JSON
+        )
         assert other.status_code == 200
         assert [m.seq for m in await state(app).store.replay("lesson-1", 0, 10)] == [1, 2, 3]
 
@@ -207,11 +210,15 @@ async def test_audit_rows_for_accepted_duplicate_and_rejected(
     await post(client, body, **{"X-Retry-Attempt": "0"})
     await post(client, body, **{"X-Retry-Attempt": "1"})
     await post(client, b"{not json", **{"X-Session-ID": "lesson-1", "X-Retry-Attempt": "2"})
-    await client.post("/api/transcription", content=body,
-                      headers={**JSON, "X-Session-ID": "lesson-1"})
+    await client.post(
+        "/api/transcription", content=body, headers={**JSON, "X-Session-ID": "lesson-1"}
+    )
     rows = await state(app).store.audit_rows("lesson-1")
     assert [(r["status"], r["retry_count"]) for r in rows] == [
-        ("success", 0), ("duplicate", 1), ("rejected", 2), ("rejected", 0),
+        ("success", 0),
+        ("duplicate", 1),
+        ("rejected", 2),
+        ("rejected", 0),
     ]
     assert all(r["webhook_type"] == "transcription" for r in rows)
     assert json.loads(rows[0]["payload"])["seq"] == 1
@@ -223,16 +230,21 @@ async def test_audit_rows_for_accepted_duplicate_and_rejected(
 
 
 async def test_metrics_route(client: httpx.AsyncClient, app: Starlette) -> None:
-    report = {"sessionId": "lesson-1", "timestamp": "2026-12-04T19:00:00.000Z",
-              "metrics": {"segments_processed": 3}, "source": "livekit-agent"}
+    report = {
+        "sessionId": "lesson-1",
+        "timestamp": "2026-12-04T19:00:00.000Z",
+        "metrics": {"segments_processed": 3},
+        "source": "livekit-agent",
+    }
     body = json.dumps(report).encode()
     answer = await client.post("/api/metrics", content=body, headers=signed(body))
     assert answer.status_code == 200 and answer.json() == {"success": True}
     bad = json.dumps({"sessionId": "lesson-1", "metrics": 3}).encode()
     refused = await client.post("/api/metrics", content=bad, headers=signed(bad))
     assert refused.status_code == 400 and refused.json()["details"][0]["field"] == "metrics"
-    unsigned = await client.post("/api/metrics", content=body,
-                                 headers={**JSON, "X-Session-ID": "lesson-1"})
+    unsigned = await client.post(
+        "/api/metrics", content=body, headers={**JSON, "X-Session-ID": "lesson-1"}
+    )
     assert unsigned.status_code == 401
     rows = await state(app).store.audit_rows("lesson-1")
     assert [r["status"] for r in rows] == ["success", "rejected", "rejected"]
@@ -243,8 +255,9 @@ async def test_store_failure_is_503_never_500(tmp_path: Path) -> None:
     async with asgi_client(app) as client:
         assert (await client.get("/api/health")).json()["store"] == "ok"
         await state(app).store.close()  # the store is gone: commits fail
-        answer = await client.post("/api/transcription",
-                                   content=envelope().to_bytes(), headers=JSON)
+        answer = await client.post(
+            "/api/transcription", content=envelope().to_bytes(), headers=JSON
+        )
         await state(app).store.open()  # so the lifespan can close it cleanly
         assert answer.status_code == 503, answer.text
         assert answer.json()["error"] == "store_unavailable"
@@ -276,9 +289,14 @@ async def test_metrics_and_openapi(client: httpx.AsyncClient) -> None:
     assert "dualchannel_relay_ingest_seconds_count 2.0" in text
     document = (await client.get("/openapi.json")).json()
     assert document["openapi"].startswith("3.1")
-    assert {"/api/transcription", "/api/metrics", "/api/health", "/metrics",
-            "/api/sessions/{session_id}/events",
-            "/api/sessions/{session_id}/messages"} <= set(document["paths"])
+    assert {
+        "/api/transcription",
+        "/api/metrics",
+        "/api/health",
+        "/metrics",
+        "/api/sessions/{session_id}/events",
+        "/api/sessions/{session_id}/messages",
+    } <= set(document["paths"])
 
 
 async def test_two_apps_in_one_process_have_separate_metrics(tmp_path: Path) -> None:

@@ -39,8 +39,9 @@ async def test_killed_relay_restarts_on_same_database_and_subscribers_lose_nothi
             while True:  # what a publisher does: retry the same envelope until a 200
                 headers = {**JSON, **signer.headers(body, timestamp=int(time.time()))}
                 try:
-                    answer = await client.post(relay.url + "/api/transcription",
-                                               content=body, headers=headers)
+                    answer = await client.post(
+                        relay.url + "/api/transcription", content=body, headers=headers
+                    )
                 except httpx.TransportError:
                     await anyio.sleep(0.05)
                     continue
@@ -56,8 +57,9 @@ async def test_killed_relay_restarts_on_same_database_and_subscribers_lose_nothi
         while len(received) < total:
             headers = {"Last-Event-ID": last_id} if last_id else {}
             try:
-                async with aconnect_sse(client, "GET", relay.url + EVENTS,
-                                        headers=headers) as source:
+                async with aconnect_sse(
+                    client, "GET", relay.url + EVENTS, headers=headers
+                ) as source:
                     async for event in source.aiter_sse():
                         if event.event == "transcript":
                             received.append(json.loads(event.data)["seq"])
@@ -102,9 +104,20 @@ async def test_graceful_stop_ends_open_streams(relay: RelayProcess) -> None:
 
 def test_serve_without_livekit_credentials_names_the_flag() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "dualchannel", "serve", "--port", str(free_port()),
-         "--database", "sqlite:///:memory:"],
-        capture_output=True, text=True, timeout=bound(30), check=False,
+        [
+            sys.executable,
+            "-m",
+            "dualchannel",
+            "serve",
+            "--port",
+            str(free_port()),
+            "--database",
+            "sqlite:///:memory:",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=bound(30),
+        check=False,
         env={"PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 2
@@ -115,8 +128,10 @@ def test_relay_process_restarts_on_same_port(relay: RelayProcess) -> None:
     port, first_pid = relay.port, relay.pid
     body = envelope().to_bytes()
     headers = {**JSON, **WebhookSigner(WEBHOOK_SECRET).headers(body, timestamp=int(time.time()))}
-    assert httpx.post(relay.url + "/api/transcription", content=body,
-                      headers=headers).status_code == 200
+    assert (
+        httpx.post(relay.url + "/api/transcription", content=body, headers=headers).status_code
+        == 200
+    )
     relay.kill()
     assert not relay.running
     relay.restart()

@@ -21,13 +21,21 @@ pytestmark = pytest.mark.anyio
 EVENTS = "/api/sessions/lesson-1/events"
 
 
-async def ingest(client: httpx.AsyncClient, base: str, seqs: range, *, per: int = 1,
-                 session: str = "lesson-1", size: int = 0) -> None:
+async def ingest(
+    client: httpx.AsyncClient,
+    base: str,
+    seqs: range,
+    *,
+    per: int = 1,
+    session: str = "lesson-1",
+    size: int = 0,
+) -> None:
     items = list(seqs)
     for start in range(0, len(items), per):
-        chunk = [envelope(session, s, size=size) for s in items[start:start + per]]
-        answer = await client.post(base + "/api/transcription", content=batch_body(chunk),
-                                   headers=JSON)
+        chunk = [envelope(session, s, size=size) for s in items[start : start + per]]
+        answer = await client.post(
+            base + "/api/transcription", content=batch_body(chunk), headers=JSON
+        )
         assert answer.status_code == 200, answer.text
 
 
@@ -59,8 +67,11 @@ async def test_retry_hint_and_heartbeat_carry_position(tmp_path: Path) -> None:
     async with served(app) as base, httpx.AsyncClient(timeout=bound(10)) as client:
         await ingest(client, base, range(1, 3))
         for s in (1, 2, 3):
-            await client.post(base + "/api/transcription",
-                              content=envelope(seq=s, epoch=2).to_bytes(), headers=JSON)
+            await client.post(
+                base + "/api/transcription",
+                content=envelope(seq=s, epoch=2).to_bytes(),
+                headers=JSON,
+            )
         retry: int | None = None
         beats: list[Envelope] = []
         with anyio.fail_after(bound(10)):
@@ -79,8 +90,11 @@ async def test_retry_hint_and_heartbeat_carry_position(tmp_path: Path) -> None:
 
         # A session nobody has published to yet: empty stream, heartbeat at (0, 0).
         with anyio.fail_after(bound(10)):
-            beat = (await read_events(client, base + "/api/sessions/new-1/events", count=1,
-                                      skip_heartbeats=False))[0]
+            beat = (
+                await read_events(
+                    client, base + "/api/sessions/new-1/events", count=1, skip_heartbeats=False
+                )
+            )[0]
         assert beat.event == "heartbeat"
         assert (Envelope.from_bytes(beat.data).epoch, Envelope.from_bytes(beat.data).seq) == (0, 0)
 
@@ -92,8 +106,9 @@ async def test_resume_by_header_and_query(tmp_path: Path) -> None:
         with anyio.fail_after(bound(10)):
             first = await read_events(client, base + EVENTS, count=2)
             cut = first[-1].id
-            by_header = await read_events(client, base + EVENTS, count=3,
-                                          headers={"Last-Event-ID": cut})
+            by_header = await read_events(
+                client, base + EVENTS, count=3, headers={"Last-Event-ID": cut}
+            )
             by_query = await read_events(client, f"{base}{EVENTS}?lastEventId={cut}", count=3)
         seqs = [json.loads(e.data)["seq"] for e in by_header]
         assert seqs == [3, 4, 5]
@@ -123,9 +138,12 @@ async def test_resume_at_random_cut_points_while_ingest_continues(tmp_path: Path
                 while len(received) < total:
                     headers = {"Last-Event-ID": last_id} if last_id else {}
                     cut = rng.randint(1, 40)
-                    events = await read_events(client, base + EVENTS,
-                                               count=min(cut, total - len(received)),
-                                               headers=headers)
+                    events = await read_events(
+                        client,
+                        base + EVENTS,
+                        count=min(cut, total - len(received)),
+                        headers=headers,
+                    )
                     for event in events:
                         received.append(json.loads(event.data)["seq"])
                         last_id = event.id
@@ -136,8 +154,9 @@ async def test_resume_at_random_cut_points_while_ingest_continues(tmp_path: Path
 
 async def test_slow_subscriber_overflows_without_slowing_others(tmp_path: Path) -> None:
     total = 400
-    app = make_app(tmp_path, dev=True, rate_limit="100000/minute", subscriber_queue=64,
-                   heartbeat_interval=5.0)
+    app = make_app(
+        tmp_path, dev=True, rate_limit="100000/minute", subscriber_queue=64, heartbeat_interval=5.0
+    )
     async with served(app) as base, httpx.AsyncClient(timeout=bound(20)) as client:
         fast: list[int] = []
         slow_events: list[str] = []
