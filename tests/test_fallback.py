@@ -164,3 +164,16 @@ def test_policy_rejects_nonsense() -> None:
         FallbackPolicy(primary_timeout=0)
     with pytest.raises(ValueError, match="recovery_signals"):
         FallbackPolicy(recovery_signals=0)
+
+
+def test_a_primary_never_heard_from_says_so() -> None:
+    manager = FallbackManager(started_at=0.0)
+    manager.observe(S, 0.5)
+    events = manager.tick(0.7)
+    switch = next(e for e in events if isinstance(e, ChannelSwitch))
+    assert switch.reason.endswith("since start")
+    manager2 = FallbackManager(started_at=0.0)
+    manager2.observe(P, 0.1)
+    manager2.observe(S, 0.5)
+    switch2 = next(e for e in manager2.tick(0.8) if isinstance(e, ChannelSwitch))
+    assert not switch2.reason.endswith("since start")

@@ -149,9 +149,18 @@ FallbackEvent = ChannelSwitch | ChannelDown | ChannelRecovered | BothDown
 
 
 class _ChannelState:
-    __slots__ = ("down_reason", "down_since", "health", "last_signal", "streak", "streak_start")
+    __slots__ = (
+        "down_reason",
+        "down_since",
+        "heard",
+        "health",
+        "last_signal",
+        "streak",
+        "streak_start",
+    )
 
     def __init__(self, now: float) -> None:
+        self.heard = False  # has it ever signalled? (only changes the wording of reasons)
         self.health = Health.UP
         self.last_signal = now  # a grace period: a channel is presumed alive at start
         self.down_since = now
@@ -182,7 +191,9 @@ class FallbackManager:
         previous = state.health
         if previous is Health.UP:  # the hot path: nothing to decide
             state.last_signal = now
+            state.heard = True
             return
+        state.heard = True
         if previous is Health.RECOVERING and now - state.last_signal > self.policy.timeout(channel):
             state.streak = 0  # the streak was broken by silence between ticks
         state.health = _HEALTH[(previous, _Input.SIGNAL)]
@@ -208,7 +219,9 @@ class FallbackManager:
         for channel, state in self._channels.items():
             if now - state.last_signal > self.policy.timeout(channel):
                 silent = now - state.last_signal
-                self._apply(channel, _Input.SILENCE, now, f"no signal for {silent * 1000:.0f} ms")
+                since = " since start" if not state.heard else ""
+                reason = f"no signal for {silent * 1000:.0f} ms{since}"
+                self._apply(channel, _Input.SILENCE, now, reason)
         events, self._events = self._events, []
         return events
 
