@@ -54,7 +54,8 @@ async def consume(args: argparse.Namespace) -> None:
                 break
         stats = subscriber.stats()
         print(
-            f"delivered {stats.delivered}, duplicates dropped {dict(stats.duplicates)}, "
+            f"delivered {stats.delivered}, duplicates dropped "
+            f"{ {str(k): v for k, v in stats.duplicates.items()} }, "
             f"backfilled {stats.backfilled}, lost {stats.lost}, switches {stats.switches}"
         )
 
