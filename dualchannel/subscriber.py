@@ -232,6 +232,8 @@ class DualChannelSubscriber:
         self._listeners: list[MemoryObjectSendStream[SubscriberEvent]] = []
         self._lifecycle = _Lifecycle.NEW
         self._task_group: TaskGroup | None = None
+        self._stop = anyio.CancelScope()
+        self._stopped = anyio.Event()
         self._inbound_capacity = inbound_capacity
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -255,18 +257,35 @@ class DualChannelSubscriber:
             self._own_feed = True
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        self._task_group.start_soon(self._core, name="dualchannel.subscriber.core")
-        self._task_group.start_soon(self._dispatch_switches, name="dualchannel.subscriber.dispatch")
-        if self._feed is not None:
-            self._task_group.start_soon(self._run_feed, name="dualchannel.subscriber.sse")
-            self._task_group.start_soon(self._backfill, name="dualchannel.subscriber.backfill")
-        if self._link is not None:
-            self._attach(self._link)
-        elif self._room is not None:
-            self._attach(LiveKitLink(self._room, sender_identity=self._publisher_identity))
-        elif self._livekit[0] is not None:
-            self._task_group.start_soon(self._run_room, name="dualchannel.subscriber.livekit")
+        self._task_group.start_soon(self._supervise, name="dualchannel.subscriber")
         return self
+
+    async def _supervise(self) -> None:
+        """Run every background task in a scope that :meth:`aclose` can cancel.
+
+        Cancelling this scope, not the task group entered in ``__aenter__``, stops the
+        tasks without cancelling the application's own code inside ``async with``.
+        """
+        try:
+            with self._stop:
+                async with anyio.create_task_group() as group:
+                    group.start_soon(self._core, name="dualchannel.subscriber.core")
+                    group.start_soon(
+                        self._dispatch_switches, name="dualchannel.subscriber.dispatch"
+                    )
+                    if self._feed is not None:
+                        group.start_soon(self._run_feed, name="dualchannel.subscriber.sse")
+                        group.start_soon(self._backfill, name="dualchannel.subscriber.backfill")
+                    if self._link is not None:
+                        self._attach(self._link)
+                    elif self._room is not None:
+                        self._attach(
+                            LiveKitLink(self._room, sender_identity=self._publisher_identity)
+                        )
+                    elif self._livekit[0] is not None:
+                        group.start_soon(self._run_room, name="dualchannel.subscriber.livekit")
+        finally:
+            self._stopped.set()
 
     async def __aexit__(
         self,
@@ -275,20 +294,26 @@ class DualChannelSubscriber:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-    async def aclose(self) -> None:
-        """Leave the room (if it was ours), close the stream, cancel every task."""
-        if self._lifecycle is _Lifecycle.CLOSED:
-            return
-        self._lifecycle = _Lifecycle.CLOSED
         group, self._task_group = self._task_group, None
         if group is not None:
-            group.cancel_scope.cancel()
-            await group.__aexit__(None, None, None)
-        if self._link is not None and (self._room is not None or self._livekit[0] is None):
-            await self._link.aclose()
-        if self._own_feed and isinstance(self._feed, SSEFeed):
-            await self._feed.aclose()
+            await group.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """Leave the room (if it was ours), close the stream, cancel every task.
+
+        Safe to call inside ``async with`` (the code after it keeps running) and again.
+        """
+        if self._lifecycle is not _Lifecycle.OPEN:
+            self._lifecycle = _Lifecycle.CLOSED
+            return
+        self._lifecycle = _Lifecycle.CLOSED
+        self._stop.cancel()
+        with anyio.CancelScope(shield=True):
+            await self._stopped.wait()
+            if self._link is not None and (self._room is not None or self._livekit[0] is None):
+                await self._link.aclose()
+            if self._own_feed and isinstance(self._feed, SSEFeed):
+                await self._feed.aclose()
         for stream in (
             self._inbound_send,
             self._inbound,

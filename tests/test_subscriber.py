@@ -238,3 +238,13 @@ async def test_configuration_errors_name_the_fix() -> None:
     with pytest.raises(ConfigurationError, match="secondary once"):
         DualChannelSubscriber(SESSION, feed=feed, relay_url="http://127.0.0.1:1")
     await feed.aclose()
+
+
+async def test_aclose_inside_async_with_leaves_the_callers_code_running() -> None:
+    hub = MemoryHub()
+    async with DualChannelSubscriber(SESSION, link=hub.link("consumer")) as subscriber:
+        with anyio.fail_after(bound(5.0)):
+            await subscriber.aclose()
+        await anyio.sleep(0.01)  # not cancelled
+        assert [e async for e in subscriber] == []  # the stream has ended
+        await subscriber.aclose()  # twice is fine
