@@ -154,6 +154,8 @@ def ensure_livekit_server(*, timeout: float = 900.0) -> Path:
     Raises :class:`ConfigurationError` when the script is not available (installed from a
     wheel) or fails; its output is in the message.
     """
+    if os.environ.get("LIVEKIT_SERVER_BIN"):
+        return find_livekit_server()  # set means "use this one": a wrong path is an error
     with contextlib.suppress(ConfigurationError):
         return find_livekit_server()
     script = _install_script()

@@ -149,11 +149,12 @@ async def test_livekit_link_filters_topic_and_sender_and_reports_state() -> None
     room.emit("data_received", packet(b"ok", "agent", "dualchannel"))
     room.emit("data_received", packet(b"other-topic", "agent", "chat"))
     room.emit("data_received", packet(b"other-sender", "mallory", "dualchannel"))
-    room.emit("data_received", packet(b"server", None, "dualchannel"))
+    # an unknown sender (the SDK has not seen it join yet) is kept: the envelope decides
+    room.emit("data_received", packet(b"unknown-sender", None, "dualchannel"))
     for event in ("reconnecting", "reconnected", "disconnected"):
         room.emit(event)
     room.emit("disconnected", "CLIENT_INITIATED")
-    assert got.packets == [(b"ok", "agent")]
+    assert got.packets == [(b"ok", "agent"), (b"unknown-sender", None)]
     assert got.states == [
         LinkState.RECONNECTING,
         LinkState.RECONNECTED,
@@ -162,5 +163,5 @@ async def test_livekit_link_filters_topic_and_sender_and_reports_state() -> None
     ]
     await link.aclose()
     room.emit("data_received", packet(b"after-close", "agent", "dualchannel"))
-    assert len(got.packets) == 1
+    assert len(got.packets) == 2
     assert all(not callbacks for callbacks in room._events.values())

@@ -138,7 +138,9 @@ class LiveKitLink:
         if self._on_packet is None or packet.topic != self._topic:
             return
         identity = packet.participant.identity if packet.participant is not None else None
-        if self._sender is not None and identity != self._sender:
+        # The SDK may not know the sender yet (it joined or reconnected a moment ago, see
+        # docs/livekit.md): keep such packets, the envelope's session id still guards them.
+        if self._sender is not None and identity is not None and identity != self._sender:
             return
         self._on_packet(packet.data, identity)
 
