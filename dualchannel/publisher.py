@@ -198,6 +198,7 @@ class DualChannelPublisher:
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
         self._report: CloseReport | None = None
+        self._stop = anyio.CancelScope()
 
     def __repr__(self) -> str:
         return (
@@ -246,10 +247,7 @@ class DualChannelPublisher:
                 rng=self._rng,
             )
         tg = await stack.enter_async_context(anyio.create_task_group())
-        if self._primary is not None:
-            tg.start_soon(self._primary.run)
-        if self._secondary is not None:
-            tg.start_soon(self._secondary.run)
+        tg.start_soon(self._supervise)
         self._stack, self._tg, self._state = stack, tg, _OPEN
         logger.info(
             "publisher opened",
@@ -294,9 +292,10 @@ class DualChannelPublisher:
         with anyio.CancelScope(shield=True), anyio.move_on_after(deadline):
             while self._busy():
                 await self._progress.wait(0.05)
-        # Stop the tasks now; the task group itself is left in __aexit__, where it nests.
-        assert self._tg is not None
-        self._tg.cancel_scope.cancel()
+        # Stop the tasks now, through their own scope: cancelling the task group's scope
+        # would cancel the caller's code inside ``async with`` too. The task group itself
+        # is left in __aexit__, where it nests.
+        self._stop.cancel()
         left: list[Envelope] = []
         if self._secondary is not None:
             left = self._secondary.abandon_all(
@@ -308,6 +307,15 @@ class DualChannelPublisher:
             "publisher closed", extra={"session_id": self.session_id, "undelivered": len(left)}
         )
         return report
+
+    async def _supervise(self) -> None:
+        """Run both paths under a scope that :meth:`aclose` can cancel on its own."""
+        with self._stop:
+            async with anyio.create_task_group() as group:
+                if self._primary is not None:
+                    group.start_soon(self._primary.run)
+                if self._secondary is not None:
+                    group.start_soon(self._secondary.run)
 
     def _busy(self) -> bool:
         return bool(

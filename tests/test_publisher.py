@@ -392,3 +392,13 @@ async def test_webhook_only_publisher() -> None:
     assert relay.messages(SESSION)[0]["epoch"] == 5
     assert relay.messages(SESSION)[0]["data"]["speaker"] == "student"
     assert publisher.health().primary_state is None
+
+
+@pytest.mark.anyio
+async def test_aclose_inside_async_with_leaves_the_callers_code_running() -> None:
+    async with DualChannelPublisher("lesson-42", link=MemoryHub().link("agent")) as publisher:
+        report = await publisher.aclose()
+        await anyio.sleep(0.01)  # not cancelled
+        assert report.complete
+        with pytest.raises(ClosedError):
+            await publisher.send_transcript([{"content": "late"}])
