@@ -248,3 +248,30 @@ async def test_aclose_inside_async_with_leaves_the_callers_code_running() -> Non
         await anyio.sleep(0.01)  # not cancelled
         assert [e async for e in subscriber] == []  # the stream has ended
         await subscriber.aclose()  # twice is fine
+
+
+async def test_warm_mode_merges_the_relay_only_while_the_primary_is_not_active() -> None:
+    hub, feed = MemoryHub(), MemoryFeed()
+    agent = Agent(hub, feed)
+    async with (
+        DualChannelSubscriber(SESSION, link=hub.link("consumer"), feed=feed, mode="warm") as sub,
+        anyio.create_task_group() as group,
+    ):
+        group.start_soon(agent.beat_forever)
+        for seq in range(1, 6):
+            await agent.send(seq)
+        assert await take(sub, 5) == [1, 2, 3, 4, 5]
+        await anyio.sleep(0.1)
+        stats = sub.stats()
+        assert stats.first_arrivals[S] == 0
+        assert stats.duplicates[S] == 0  # never merged, so never a duplicate
+        hub.drop_all = True
+        with anyio.fail_after(bound(3.0)):
+            while sub.status().active is not S:
+                await anyio.sleep(0.01)
+        for seq in range(6, 9):
+            await agent.send(seq)
+        assert await take(sub, 3) == [6, 7, 8]
+        assert sub.stats().first_arrivals[S] == 3
+        group.cancel_scope.cancel()
+    await feed.aclose()
