@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 SUITES = ("buffer", "ingest", "delivery", "idle", "centrifugo", "failover")
+#: Suites that run only when named: ``chaos`` takes ~20 minutes and writes reliability.md.
+EXPLICIT_SUITES = ("chaos",)
 
 Progress = Callable[[str], None]
 
@@ -30,7 +32,14 @@ def add_parser(subparsers: Any) -> None:
         "suites",
         nargs="*",
         metavar="SUITE",
-        help=f"which suites to run (default: all): {', '.join(SUITES)}",
+        help=f"which suites to run (default: all of {', '.join(SUITES)}); "
+        "'chaos' runs only when named and writes reliability.md",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=20,
+        help="runs of each chaos scenario (default 20; --quick uses 1)",
     )
     parser.add_argument(
         "--messages",
@@ -63,9 +72,15 @@ def _progress(line: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    unknown = sorted(set(args.suites) - set(SUITES))
+    known = (*SUITES, *EXPLICIT_SUITES)
+    unknown = sorted(set(args.suites) - set(known))
     if unknown:
-        _progress(f"error: unknown suite {', '.join(unknown)}; choose from {', '.join(SUITES)}")
+        _progress(f"error: unknown suite {', '.join(unknown)}; choose from {', '.join(known)}")
+        return 2
+    if args.suites == ["chaos"]:
+        return _run_chaos(args)
+    if "chaos" in args.suites:
+        _progress("error: run 'chaos' on its own: dualchannel bench chaos")
         return 2
     suites = args.suites or list(SUITES)
     messages, repeats = (200_000, 1) if args.quick else (args.messages, args.repeats)
@@ -96,6 +111,36 @@ def run(args: argparse.Namespace) -> int:
     _progress(f"wrote {out_dir / 'benchmarks.md'} and {raw_path}")
     print(_markdown(results))
     return 0 if ok else 1
+
+
+CHAOS_BEGIN = "<!-- chaos:begin"
+CHAOS_END = "<!-- chaos:end -->"
+
+
+def _run_chaos(args: argparse.Namespace) -> int:
+    """Repeat every chaos scenario; rewrite the table in reliability.md between its markers."""
+    from ..chaos.bench import chaos_markdown, run_chaos_bench
+
+    runs = 1 if args.quick else args.runs
+    out_dir: Path = args.output
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = run_chaos_bench(runs, _progress)
+    result["machine"] = _machine()
+    (out_dir / "reliability.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = chaos_markdown(result)
+    page = out_dir / "reliability.md"
+    text = page.read_text() if page.exists() else "# Reliability under faults\n\n"
+    begin = f"{CHAOS_BEGIN} (written by `dualchannel bench chaos`; edit outside these markers) -->"
+    if CHAOS_BEGIN in text and CHAOS_END in text:
+        head = text[: text.index(CHAOS_BEGIN)]
+        tail = text[text.index(CHAOS_END) + len(CHAOS_END) :]
+    else:
+        head, tail = text.rstrip() + "\n\n", "\n"
+    page.write_text(f"{head}{begin}\n{table.rstrip()}\n\n{CHAOS_END}{tail}")
+    _progress(f"wrote {page} and {out_dir / 'reliability.json'}")
+    print(table)
+    failed = sum(s["failed_runs"] for s in result["scenarios"].values())
+    return 0 if failed == 0 else 1
 
 
 def _machine() -> dict[str, Any]:
