@@ -118,9 +118,14 @@ class Writer:
             async with self._store.engine.begin() as conn:
                 audits: list[AuditRow] = []
                 metrics_rows: list[MetricsRow] = []
+                # Every envelope of the window in one insert; ids are handed back per job.
+                everything = [env for job in batch for env in job.envelopes]
+                ids = await self._store.insert_messages(conn, everything, now) if everything else []
+                offset = 0
                 for job in batch:
                     if job.envelopes:
-                        job.ids = await self._store.insert_messages(conn, job.envelopes, now)
+                        job.ids = ids[offset : offset + len(job.envelopes)]
+                        offset += len(job.envelopes)
                         if job.audit is not None:
                             new = [i for i in job.ids if i is not None]
                             job.audit.processed_items = new

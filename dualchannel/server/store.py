@@ -158,14 +158,15 @@ class Position:
     seq: int = 0
 
 
-def _insert_new(conn: AsyncConnection, values: dict[str, Any]) -> Any:
-    """``INSERT ... ON CONFLICT (session_id, epoch, seq) DO NOTHING`` for the dialect."""
+def _insert_new(conn: AsyncConnection) -> Any:
+    """``INSERT ... ON CONFLICT (session_id, epoch, seq) DO NOTHING`` for the dialect.
+
+    Without values: executed with a list of rows, SQLAlchemy's "insertmanyvalues" turns it
+    into a few multi-row statements whose compiled form is cached.
+    """
     keys = ["session_id", "epoch", "seq"]
-    if conn.dialect.name == "postgresql":
-        return (
-            postgresql.insert(messages).values(values).on_conflict_do_nothing(index_elements=keys)
-        )
-    return sqlite.insert(messages).values(values).on_conflict_do_nothing(index_elements=keys)
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    return insert(messages).on_conflict_do_nothing(index_elements=keys)
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -208,21 +209,40 @@ class Store:
     async def insert_messages(
         self, conn: AsyncConnection, envelopes: Sequence[Envelope], now: datetime
     ) -> list[int | None]:
-        """Insert envelopes in order; the row id of each new one, ``None`` for a repeat."""
-        ids: list[int | None] = []
-        for env in envelopes:
-            values = {
-                "session_id": env.session_id,
-                "epoch": env.epoch,
-                "seq": env.seq,
-                "type": env.type.value,
-                "priority": env.priority.value,
-                "payload": env.to_bytes(max_size=None).decode(),
-                "received_at": now,
-            }
-            statement = _insert_new(conn, values).returning(messages.c.id)
-            row_id = (await conn.execute(statement)).scalar_one_or_none()
-            ids.append(None if row_id is None else int(row_id))
+        """Insert envelopes in order; the row id of each new one, ``None`` for a repeat.
+
+        One executemany of ``INSERT ... ON CONFLICT DO NOTHING RETURNING``, which
+        SQLAlchemy sends as a few multi-row statements: the group-commit writer hands over
+        everything that arrived in its window at once, so a statement (and a thread hop to
+        the driver) is paid per window, not per message. Returned rows are matched back by their key, since
+        neither dialect promises RETURNING order; a key repeated in the same call is new
+        only the first time.
+        """
+        ids: list[int | None] = [None] * len(envelopes)
+        first_index: dict[tuple[str, int, int], int] = {}
+        rows: list[dict[str, Any]] = []
+        for index, env in enumerate(envelopes):
+            key = (env.session_id, env.epoch, env.seq)
+            if key in first_index:
+                continue
+            first_index[key] = index
+            rows.append(
+                {
+                    "session_id": env.session_id,
+                    "epoch": env.epoch,
+                    "seq": env.seq,
+                    "type": env.type.value,
+                    "priority": env.priority.value,
+                    "payload": env.to_bytes(max_size=None).decode(),
+                    "received_at": now,
+                }
+            )
+        if not rows:
+            return ids
+        c = messages.c
+        statement = _insert_new(conn).returning(c.id, c.session_id, c.epoch, c.seq)
+        for row_id, session_id, epoch, seq in await conn.execute(statement, rows):
+            ids[first_index[(session_id, epoch, seq)]] = int(row_id)
         return ids
 
     async def insert_audit(self, conn: AsyncConnection, rows: Sequence[AuditRow]) -> None:
