@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self
 
@@ -33,6 +34,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_serializer,
     field_validator,
@@ -152,6 +154,8 @@ class Envelope(BaseModel):
     data: dict[str, Any] | None = None
     source: Annotated[str, Field(min_length=1, max_length=64)] = "livekit-agent"
     version: Annotated[str, Field(min_length=1, max_length=32)] = PROTOCOL_VERSION
+
+    _encoded: bytes | None = PrivateAttr(default=None)
 
     @field_serializer("timestamp")
     def _ts(self, value: datetime) -> str:
@@ -288,8 +292,14 @@ class Envelope(BaseModel):
         return envelope
 
     def to_bytes(self, *, max_size: int | None = DEFAULT_MAX_ENVELOPE_BYTES) -> bytes:
-        """Encode as compact JSON with the wire's field names; checks the size cap."""
-        raw = self.model_dump_json(by_alias=True, exclude_none=True).encode()
+        """Encode as compact JSON with the wire's field names; checks the size cap.
+
+        The encoding is computed once per envelope and kept (envelopes are immutable): the
+        relay checks the size, stores and fans out the same bytes.
+        """
+        raw = self._encoded
+        if raw is None:
+            raw = self._encoded = self.model_dump_json(by_alias=True, exclude_none=True).encode()
         if max_size is not None and len(raw) > max_size:
             raise EnvelopeTooLarge(len(raw), max_size)
         return raw
@@ -297,6 +307,17 @@ class Envelope(BaseModel):
     def to_json_value(self) -> dict[str, Any]:
         """The envelope as a JSON-ready dict with the wire's field names."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        copy._encoded = None  # the copy may differ: encode it afresh
+        return copy
+
+    def __eq__(self, other: object) -> bool:
+        # Fields only: the cached encoding is not part of an envelope's identity.
+        if not isinstance(other, Envelope):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
 
     # -- convenience -------------------------------------------------------------------
 

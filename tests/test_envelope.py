@@ -119,3 +119,11 @@ def test_channel_is_a_str_enum() -> None:
 def test_transcript_data_of_other_types_is_refused() -> None:
     with pytest.raises(EnvelopeError, match="not a transcript"):
         heartbeat(1).transcript_data()
+
+
+def test_the_encoding_is_cached_but_not_part_of_identity() -> None:
+    a, b = transcript(1), transcript(1)
+    assert a.to_bytes() is a.to_bytes()  # encoded once
+    assert a == b  # b never encoded: equality is about fields only
+    moved = a.model_copy(update={"seq": 2})
+    assert json.loads(moved.to_bytes())["seq"] == 2
