@@ -152,8 +152,8 @@ class _ChannelState:
     __slots__ = (
         "down_reason",
         "down_since",
-        "heard",
         "health",
+        "heard",
         "last_signal",
         "streak",
         "streak_start",

@@ -214,9 +214,9 @@ class Store:
         One executemany of ``INSERT ... ON CONFLICT DO NOTHING RETURNING``, which
         SQLAlchemy sends as a few multi-row statements: the group-commit writer hands over
         everything that arrived in its window at once, so a statement (and a thread hop to
-        the driver) is paid per window, not per message. Returned rows are matched back by their key, since
-        neither dialect promises RETURNING order; a key repeated in the same call is new
-        only the first time.
+        the driver) is paid per window, not per message. Returned rows are matched back by
+        their key, since neither dialect promises RETURNING order; a key repeated in the
+        same call is new only the first time.
         """
         ids: list[int | None] = [None] * len(envelopes)
         first_index: dict[tuple[str, int, int], int] = {}
