@@ -41,7 +41,6 @@ from typing import Any, Self
 
 import anyio
 import httpx
-from anyio.abc import TaskGroup
 from livekit import rtc
 
 from .channels._wakeup import Wakeup
@@ -196,7 +195,6 @@ class DualChannelPublisher:
         self._owned_link: LiveKitLink | None = None
         self._secondary: WebhookPath | None = None
         self._stack: AsyncExitStack | None = None
-        self._tg: TaskGroup | None = None
         self._report: CloseReport | None = None
         self._stop = anyio.CancelScope()
 
@@ -248,7 +246,7 @@ class DualChannelPublisher:
             )
         tg = await stack.enter_async_context(anyio.create_task_group())
         tg.start_soon(self._supervise)
-        self._stack, self._tg, self._state = stack, tg, _OPEN
+        self._stack, self._state = stack, _OPEN
         logger.info(
             "publisher opened",
             extra={
