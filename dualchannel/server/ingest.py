@@ -5,11 +5,11 @@ Theory of operation: request handlers never touch the database for writes. They 
 ``await writer.submit(job)``. The single writer task takes the first waiting job, sleeps
 ``commit_window`` seconds (a couple of milliseconds) so that concurrent requests can
 join, drains whatever else is queued (up to ``commit_max_items`` envelopes), and commits
-everything in one transaction: one fsync for the whole batch. Only after the commit does
-it fan the new rows out (in row-id order, which is resume-token order) and wake the
-handlers, so a ``200`` always means durable. A failed transaction fails every job in the
-batch; their handlers answer 503 and publishers retry, which is safe because ingest is
-idempotent on ``(session, epoch, seq)``.
+everything in one transaction: one fsync and one thread hop for the whole batch. Only
+after the commit does it fan the new rows out (in row-id order, which is resume-token
+order) and wake the handlers, so a ``200`` always means durable. A failed transaction
+fails every job in the batch; their handlers answer 503 and publishers retry, which is
+safe because ingest is idempotent on ``(session, epoch, seq)``.
 
 One writer also means SQLite never sees two writers contend for its lock.
 """
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import anyio
+import sqlalchemy as sa
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -114,30 +115,34 @@ class Writer:
     async def _commit(self, batch: list[WriteJob]) -> None:
         started = time.perf_counter()
         now = utcnow()
-        try:
-            async with self._store.engine.begin() as conn:
-                audits: list[AuditRow] = []
-                metrics_rows: list[MetricsRow] = []
-                # Every envelope of the window in one insert; ids are handed back per job.
-                everything = [env for job in batch for env in job.envelopes]
-                ids = await self._store.insert_messages(conn, everything, now) if everything else []
-                offset = 0
-                for job in batch:
-                    if job.envelopes:
-                        job.ids = ids[offset : offset + len(job.envelopes)]
-                        offset += len(job.envelopes)
-                        if job.audit is not None:
-                            new = [i for i in job.ids if i is not None]
-                            job.audit.processed_items = new
-                            job.audit.status = "success" if new else "duplicate"
+        store = self._store
+
+        def transaction(conn: sa.Connection) -> None:
+            # Every envelope of the window in one insert; ids are handed back per job.
+            everything = [env for job in batch for env in job.envelopes]
+            ids = store.insert_messages(conn, everything, now) if everything else []
+            audits: list[AuditRow] = []
+            metrics_rows: list[MetricsRow] = []
+            offset = 0
+            for job in batch:
+                if job.envelopes:
+                    job.ids = ids[offset : offset + len(job.envelopes)]
+                    offset += len(job.envelopes)
                     if job.audit is not None:
-                        audits.append(job.audit)
-                    if job.metrics is not None:
-                        metrics_rows.append(job.metrics)
-                    if job.purge_before is not None:
-                        job.purged = await self._store.purge(conn, job.purge_before)
-                await self._store.insert_audit(conn, audits)
-                await self._store.insert_metrics(conn, metrics_rows)
+                        new = [i for i in job.ids if i is not None]
+                        job.audit.processed_items = new
+                        job.audit.status = "success" if new else "duplicate"
+                if job.audit is not None:
+                    audits.append(job.audit)
+                if job.metrics is not None:
+                    metrics_rows.append(job.metrics)
+                if job.purge_before is not None:
+                    job.purged = store.purge(conn, job.purge_before)
+            store.insert_audit(conn, audits)
+            store.insert_metrics(conn, metrics_rows)
+
+        try:
+            await store.transaction(transaction)
         except Exception as exc:
             logger.exception("commit failed", extra={"jobs": len(batch)})
             for job in batch:

@@ -9,8 +9,13 @@ changing the URL. Three tables:
 * ``webhook_logs`` — one row per ingest request: accepted, duplicate or rejected.
 * ``session_metrics`` — what ``POST /api/metrics`` receives.
 
-Only the group-commit writer (:mod:`.ingest`) writes, through :meth:`Store.write_batch`;
-readers (replay, backfill, health) use their own short connections. SQLite runs in WAL
+Only the group-commit writer (:mod:`.ingest`) writes, through :meth:`Store.transaction`:
+its whole commit is one plain function over a synchronous connection, run in one hop.
+For an SQLite file that function runs on a worker thread with the stdlib driver, so a
+commit costs the event loop one thread hop instead of one per statement (each of which
+waits its turn behind every ready callback when the loop is busy); for other databases it
+runs in SQLAlchemy's greenlet bridge over the async driver. Readers (replay, backfill,
+health) use their own short async connections. SQLite runs in WAL
 mode so readers never block the writer, with ``synchronous=FULL``: a ``200`` promises
 the message survives power loss, not only a process crash, and group commit already
 amortises the extra fsync over every request in the batch.
@@ -20,16 +25,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from ..envelope import Envelope
@@ -158,7 +165,10 @@ class Position:
     seq: int = 0
 
 
-def _insert_new(conn: AsyncConnection) -> Any:
+_T = TypeVar("_T")
+
+
+def _insert_new(conn: sa.Connection) -> Any:
     """``INSERT ... ON CONFLICT (session_id, epoch, seq) DO NOTHING`` for the dialect.
 
     Without values: executed with a list of rows, SQLAlchemy's "insertmanyvalues" turns it
@@ -178,12 +188,29 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     cursor.close()
 
 
+def _sync_sqlite_url(url: str) -> str | None:
+    """The stdlib-driver twin of an async SQLite file URL; ``None`` if there is none.
+
+    An in-memory database is private to its connection, so it has no twin: writes then go
+    through the async engine like any other database's.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database or ""
+    if database in ("", ":memory:") or "mode=memory" in str(parsed):
+        return None
+    return parsed.set(drivername="sqlite+pysqlite").render_as_string(hide_password=False)
+
+
 class Store:
     """Async access to the relay's tables. :meth:`open` creates them on first start."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._engine: AsyncEngine | None = None
+        self._sync_engine: sa.Engine | None = None
+        self._write_lane = anyio.CapacityLimiter(1)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -196,18 +223,45 @@ class Store:
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         self._engine = engine
-        async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        sync_url = _sync_sqlite_url(self.url)
+        if sync_url is not None:
+            # The same file through the stdlib driver, used from the writer's thread only.
+            sync_engine = sa.create_engine(
+                sync_url, connect_args={"check_same_thread": False}, pool_size=1
+            )
+            event.listen(sync_engine, "connect", _sqlite_pragmas)
+            self._sync_engine = sync_engine
+        await self.transaction(metadata.create_all)
 
     async def close(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+        if self._sync_engine is not None:
+            await anyio.to_thread.run_sync(self._sync_engine.dispose)
+            self._sync_engine = None
 
     # -- writes (only the group-commit writer calls these) -----------------------------
 
-    async def insert_messages(
-        self, conn: AsyncConnection, envelopes: Sequence[Envelope], now: datetime
+    async def transaction(self, work: Callable[[sa.Connection], _T]) -> _T:
+        """Run ``work(conn)`` in one transaction, committed (fsynced) before this returns.
+
+        ``work`` is synchronous and gets a synchronous connection: the methods below are
+        its building blocks. Transactions run one at a time.
+        """
+        sync_engine = self._sync_engine
+        if sync_engine is not None:
+
+            def run() -> _T:
+                with sync_engine.begin() as conn:
+                    return work(conn)
+
+            return await anyio.to_thread.run_sync(run, limiter=self._write_lane)
+        async with self._write_lane, self.engine.begin() as conn:
+            return await conn.run_sync(work)
+
+    def insert_messages(
+        self, conn: sa.Connection, envelopes: Sequence[Envelope], now: datetime
     ) -> list[int | None]:
         """Insert envelopes in order; the row id of each new one, ``None`` for a repeat.
 
@@ -241,17 +295,17 @@ class Store:
             return ids
         c = messages.c
         statement = _insert_new(conn).returning(c.id, c.session_id, c.epoch, c.seq)
-        for row_id, session_id, epoch, seq in await conn.execute(statement, rows):
+        for row_id, session_id, epoch, seq in conn.execute(statement, rows):
             ids[first_index[(session_id, epoch, seq)]] = int(row_id)
         return ids
 
-    async def insert_audit(self, conn: AsyncConnection, rows: Sequence[AuditRow]) -> None:
+    def insert_audit(self, conn: sa.Connection, rows: Sequence[AuditRow]) -> None:
         if rows:
-            await conn.execute(sa.insert(webhook_logs), [row.values() for row in rows])
+            conn.execute(sa.insert(webhook_logs), [row.values() for row in rows])
 
-    async def insert_metrics(self, conn: AsyncConnection, rows: Sequence[MetricsRow]) -> None:
+    def insert_metrics(self, conn: sa.Connection, rows: Sequence[MetricsRow]) -> None:
         if rows:
-            await conn.execute(
+            conn.execute(
                 sa.insert(session_metrics),
                 [
                     {
@@ -266,11 +320,11 @@ class Store:
                 ],
             )
 
-    async def purge(self, conn: AsyncConnection, before: datetime) -> int:
+    def purge(self, conn: sa.Connection, before: datetime) -> int:
         """Delete everything older than ``before``; the number of log rows removed."""
-        result = await conn.execute(sa.delete(messages).where(messages.c.received_at < before))
-        await conn.execute(sa.delete(webhook_logs).where(webhook_logs.c.created_at < before))
-        await conn.execute(sa.delete(session_metrics).where(session_metrics.c.created_at < before))
+        result = conn.execute(sa.delete(messages).where(messages.c.received_at < before))
+        conn.execute(sa.delete(webhook_logs).where(webhook_logs.c.created_at < before))
+        conn.execute(sa.delete(session_metrics).where(session_metrics.c.created_at < before))
         return int(result.rowcount or 0)
 
     # -- reads -------------------------------------------------------------------------
