@@ -4,7 +4,8 @@ This is how the spec's TeachingBoard consumes dualchannel: the service listens t
 on both channels (LiveKit and the relay) and re-serves the merged, exactly-once stream to
 browsers over Server-Sent Events, with the channel status alongside.
 
-Run it next to a livekit-server and a relay (``dualchannel demo`` starts both and prints
+It needs the server extra and sse-starlette: ``pip install 'dualchannel[server]'
+sse-starlette``. Run it next to a livekit-server and a relay (``dualchannel demo`` starts both and prints
 their addresses; or use your own)::
 
     python examples/frontend_service.py \\

@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from ..errors import ConfigurationError
-        from ..server import create_app
+        from ..server import create_app, end_streams
     except ImportError as exc:  # pragma: no cover - depends on the install
         print(
             f"error: the relay needs the server extra: pip install 'dualchannel[server]' ({exc})",
@@ -156,6 +156,14 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
+
+    class RelayServer(uvicorn.Server):
+        """Ends the SSE streams as soon as a shutdown signal arrives, not at the timeout."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            end_streams(app)
+            super().handle_exit(sig, frame)
+
+    server = RelayServer(config)
     server.run()
     return 0 if server.started else 1

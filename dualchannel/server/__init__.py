@@ -6,7 +6,7 @@ Needs the ``server`` extra (``pip install 'dualchannel[server]'``). Run it with
 
 from __future__ import annotations
 
-from .app import build_app, create_app
+from .app import build_app, create_app, end_streams
 from .config import RelayConfig
 
-__all__ = ["RelayConfig", "build_app", "create_app"]
+__all__ = ["RelayConfig", "build_app", "create_app", "end_streams"]

@@ -8,9 +8,10 @@ then closes the store.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -34,7 +35,7 @@ from .store import Store, utcnow
 from .stream import messages_endpoint, session_events
 from .webhooks import metrics_webhook, transcription_webhook
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "end_streams"]
 
 logger = logging.getLogger("dualchannel.server")
 
@@ -91,6 +92,7 @@ def build_app(config: RelayConfig) -> Starlette:
         limiter = SessionRateLimiter(config.rate_limit)
         auth = SubscriberAuth(config.livekit_api_key, config.livekit_api_secret, dev=config.dev)
         app.state.relay = RelayState(config, store, hub, writer, limiter, auth, metrics)
+        app.state.end_streams = _on_loop(asyncio.get_running_loop(), hub.close)
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(writer.run)
@@ -121,6 +123,27 @@ def build_app(config: RelayConfig) -> Starlette:
     app.state.config = config
     app.state.metrics = metrics
     return app
+
+
+def end_streams(app: Starlette) -> None:
+    """End every open SSE stream now, cleanly (clients resume from their last id).
+
+    Call it when your ASGI server starts a graceful shutdown: servers wait for open
+    responses before they run the lifespan's shutdown, and an SSE response stays open
+    until told. Safe from any thread and from a signal handler. ``dualchannel serve``
+    calls it on SIGINT/SIGTERM.
+    """
+    hook: Callable[[], None] | None = getattr(app.state, "end_streams", None)
+    if hook is not None:
+        hook()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, func: Callable[[], None]) -> Callable[[], None]:
+    def schedule() -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(func)
+
+    return schedule
 
 
 async def _purge_forever(writer: Writer, config: RelayConfig, scope: anyio.CancelScope) -> None:

@@ -27,11 +27,13 @@ __all__ = ["Hub", "LiveItem", "Subscription"]
 
 @dataclass(frozen=True, slots=True)
 class LiveItem:
-    """A committed message on its way to subscribers."""
+    """A committed message on its way to subscribers: its resume token and SSE frame.
+
+    The frame is encoded once, by the writer, and shared by every subscriber's stream.
+    """
 
     id: int
-    type: str
-    payload: str
+    frame: bytes
     committed_at: float = field(default_factory=time.monotonic)
 
 

@@ -27,6 +27,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..envelope import Envelope
+from .eventstream import frame
 from .hub import Hub, LiveItem
 from .metrics import RelayMetrics
 from .store import AuditRow, MetricsRow, Position, Store, utcnow
@@ -162,7 +163,8 @@ class Writer:
                 if row_id is None:
                     continue
                 items, newest = per_session.get(env.session_id, ([], Position()))
-                items.append(LiveItem(row_id, env.type.value, env.to_bytes(max_size=None).decode()))
+                data = env.to_bytes(max_size=None).decode()
+                items.append(LiveItem(row_id, frame(data, event=env.type.value, id=str(row_id))))
                 per_session[env.session_id] = (items, max(newest, Position(env.epoch, env.seq)))
         for session_id, (items, newest) in per_session.items():
             self._hub.publish(session_id, items, newest)

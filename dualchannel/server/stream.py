@@ -17,14 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import anyio
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..envelope import Envelope, session_id_ok
+from .eventstream import EventStream, comment, frame
 from .hub import LiveItem
 from .responses import ApiError, RelayState, relay_state
 
@@ -35,20 +35,16 @@ logger = logging.getLogger("dualchannel.server.stream")
 _MAX_LIMIT = 1000
 
 
-async def session_events(request: Request) -> Response:
+async def session_events(request: Request) -> Response | EventStream:
     relay = relay_state(request)
     try:
         session_id = _checked_session(request, relay)
         after = _last_event_id(request)
     except ApiError as exc:
         return _count(relay, "/api/sessions/{session_id}/events", exc.response())
-    response = EventSourceResponse(
-        _events(relay, session_id, after),
-        ping=0,
-        send_timeout=relay.config.send_timeout,
-        headers={"Cache-Control": "no-store"},
-    )
-    return _count(relay, "/api/sessions/{session_id}/events", response)
+    frames = _events(relay, session_id, after)
+    relay.metrics.requests.labels("/api/sessions/{session_id}/events", "200").inc()
+    return EventStream(frames, send_timeout=relay.config.send_timeout)
 
 
 async def messages_endpoint(request: Request) -> Response:
@@ -82,23 +78,19 @@ async def messages_endpoint(request: Request) -> Response:
 # -- the stream ----------------------------------------------------------------------
 
 
-def _event(item: LiveItem) -> ServerSentEvent:
-    return ServerSentEvent(item.payload, id=str(item.id), event=item.type)
-
-
-async def _events(relay: RelayState, session_id: str, after: int) -> AsyncIterator[ServerSentEvent]:
+async def _events(relay: RelayState, session_id: str, after: int) -> AsyncGenerator[bytes, None]:
     config = relay.config
     hub = relay.hub
     sub = hub.subscribe(session_id, config.subscriber_queue)
     relay.metrics.subscribers.inc()
     try:
-        yield ServerSentEvent(comment="dualchannel relay", retry=config.retry_hint_ms)
+        yield comment("dualchannel relay", retry_ms=config.retry_hint_ms)
         hub.note_position(session_id, await relay.store.position(session_id))
         last = after
         while True:
             page = await relay.store.replay(session_id, last, config.replay_page)
             for row in page:
-                yield ServerSentEvent(row.payload, id=str(row.id), event=row.type)
+                yield frame(row.payload, id=str(row.id), event=row.type)
                 last = row.id
             if len(page) < config.replay_page:
                 break
@@ -118,12 +110,12 @@ async def _events(relay: RelayState, session_id: str, after: int) -> AsyncIterat
                         "reason": "subscriber queue overflowed: the client read too slowly",
                         "lastEventId": last,
                     }
-                    yield ServerSentEvent(json.dumps(reason), event="overflow")
+                    yield frame(json.dumps(reason), event="overflow")
                 return
             if item is not None:
                 if item.id > last:
                     relay.metrics.fanout_seconds.observe(time.monotonic() - item.committed_at)
-                    yield _event(item)
+                    yield item.frame
                     last = item.id
                 continue
             # Heartbeat due: first hand out what is already queued, so the position the
@@ -137,7 +129,7 @@ async def _events(relay: RelayState, session_id: str, after: int) -> AsyncIterat
             position = hub.position(session_id)
             for item in queued:
                 if item.id > last:
-                    yield _event(item)
+                    yield item.frame
                     last = item.id
             beat = Envelope.heartbeat(
                 session_id=session_id,
@@ -145,7 +137,7 @@ async def _events(relay: RelayState, session_id: str, after: int) -> AsyncIterat
                 last_seq=position.seq,
                 source="relay",
             )
-            yield ServerSentEvent(beat.to_bytes().decode(), event="heartbeat")
+            yield frame(beat.to_bytes().decode(), event="heartbeat")
             next_beat = time.monotonic() + config.heartbeat_interval
     finally:
         hub.unsubscribe(sub)

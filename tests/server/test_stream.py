@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import re
+import socket
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
+from anyio.abc import SocketStream
 from httpx_sse import aconnect_sse
 
 from dualchannel import Envelope
@@ -153,7 +157,12 @@ async def test_resume_at_random_cut_points_while_ingest_continues(tmp_path: Path
 
 
 async def test_slow_subscriber_overflows_without_slowing_others(tmp_path: Path) -> None:
-    total = 400
+    # More bytes than the kernel can buffer between the relay and a reader that stops:
+    # the slow reader's receive buffer is pinned small, the relay's send buffer tops out
+    # at tcp_wmem's maximum, so the relay's queue for it must overflow.
+    size = 12_000
+    wmem_max = int((await anyio.Path("/proc/sys/net/ipv4/tcp_wmem").read_text()).split()[2])
+    total = max(400, 2 * wmem_max // size)
     app = make_app(
         tmp_path, dev=True, rate_limit="100000/minute", subscriber_queue=64, heartbeat_interval=5.0
     )
@@ -173,16 +182,30 @@ async def test_slow_subscriber_overflows_without_slowing_others(tmp_path: Path) 
                             return
 
         async def slow_reader() -> None:
-            async with aconnect_sse(client, "GET", base + EVENTS) as source:
-                lines = source.aiter_sse()
-                slow_events.append((await anext(lines)).event)  # the retry hint
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+            host, port = base.removeprefix("http://").split(":")
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.connect((host, int(port)))
+            await anyio.wait_writable(sock)
+            async with await SocketStream.from_socket(sock) as stream:
+                await stream.send(f"GET {EVENTS} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+                data = await stream.receive()
+                assert b"retry:" in data or b"200" in data
                 slow_ready.set()
                 await publish_done.wait()  # stop reading while everything is published
-                async for event in lines:
-                    slow_events.append(event.event)
-                    if event.event == "overflow":
-                        reason = json.loads(event.data)
-                        assert "reason" in reason and "lastEventId" in reason
+                chunks = [data]
+                tail = data[-16:]
+                with contextlib.suppress(anyio.EndOfStream):
+                    while not tail.endswith(b"\r\n0\r\n\r\n"):  # the last chunk
+                        chunks.append(await stream.receive())
+                        tail = (tail + chunks[-1])[-16:]
+            text = b"".join(chunks).decode()
+            slow_events.extend(re.findall(r"^event: (\w+)$", text, flags=re.MULTILINE))
+            overflow = text[text.index("event: overflow") :].split("data: ", 1)[1]
+            reason = json.loads(overflow.split("\n", 1)[0])
+            assert "reason" in reason and "lastEventId" in reason
 
         with anyio.fail_after(bound(40)):
             async with anyio.create_task_group() as tg:
@@ -190,7 +213,7 @@ async def test_slow_subscriber_overflows_without_slowing_others(tmp_path: Path) 
                 tg.start_soon(slow_reader)
                 await slow_ready.wait()
                 with anyio.fail_after(bound(20)):  # ingest is not held up by the slow one
-                    await ingest(client, base, range(1, total + 1), per=10, size=12_000)
+                    await ingest(client, base, range(1, total + 1), per=10, size=size)
                 publish_done.set()
         assert fast == list(range(1, total + 1))
         assert slow_events[-1] == "overflow"  # then the stream closed

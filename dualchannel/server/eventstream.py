@@ -1,0 +1,103 @@
+"""A lean ASGI ``text/event-stream`` response: pre-encoded frames, one helper task.
+
+Why not a general SSE response class: the relay sends the same committed message to every
+subscriber of a session, so the hub encodes its frame once (:func:`frame`) and each
+stream only hands those bytes to the server. A stream costs one task for the frames plus
+one that waits for the client to go away; an idle connection stays small (see the idle
+benchmark) and a busy one does no per-subscriber encoding.
+
+A write that the client does not take within ``send_timeout`` seconds (its socket buffer
+stays full) ends the stream; so does the client disconnecting. Either way the frame
+iterator is closed, so its ``finally`` blocks (unsubscribing from the hub) run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
+
+import anyio
+
+__all__ = ["EventStream", "comment", "frame"]
+
+logger = logging.getLogger("dualchannel.server.stream")
+
+_Scope = Mapping[str, Any]
+
+
+def frame(data: str, *, event: str | None = None, id: str | None = None) -> bytes:
+    """One SSE event. ``data`` may hold newlines; each line gets its own ``data:`` field."""
+    parts: list[str] = []
+    if id is not None:
+        parts.append(f"id: {id}\n")
+    if event is not None:
+        parts.append(f"event: {event}\n")
+    if "\n" in data or "\r" in data:
+        parts.extend(f"data: {line}\n" for line in data.splitlines())
+    else:
+        parts.append(f"data: {data}\n")
+    parts.append("\n")
+    return "".join(parts).encode()
+
+
+def comment(text: str, *, retry_ms: int | None = None) -> bytes:
+    """A comment line (ignored by clients), with an optional reconnection-delay hint."""
+    retry = f"retry: {retry_ms}\n" if retry_ms is not None else ""
+    return f": {text}\n{retry}\n".encode()
+
+
+class EventStream:
+    """Stream the byte frames of an async generator as ``text/event-stream``."""
+
+    def __init__(
+        self,
+        frames: AsyncGenerator[bytes, None],
+        *,
+        send_timeout: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.frames = frames
+        self.send_timeout = send_timeout
+        self.status_code = 200
+        self.headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-store"),
+            (b"x-accel-buffering", b"no"),
+        ]
+        for name, value in (headers or {}).items():
+            if name.lower() not in ("content-type", "cache-control", "x-accel-buffering"):
+                self.headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+
+    async def __call__(self, scope: _Scope, receive: Any, send: Any) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._until_disconnect, receive, tg.cancel_scope)
+            try:
+                await send({"type": "http.response.start", "status": 200, "headers": self.headers})
+                async for chunk in self.frames:
+                    with anyio.move_on_after(self.send_timeout) as timer:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if timer.cancelled_caught:
+                        # Its buffers are full, so a clean end could not be written either:
+                        # return unfinished and the server drops the connection.
+                        logger.warning(
+                            "SSE client took no data for %.1f s; dropping its connection "
+                            "(it resumes from its last id when it reconnects)",
+                            self.send_timeout,
+                        )
+                        return
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except OSError:  # the connection went away under a write
+                pass
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.frames.aclose()
+                tg.cancel_scope.cancel()
+
+    @staticmethod
+    async def _until_disconnect(receive: Any, scope: anyio.CancelScope) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                scope.cancel()
+                return
