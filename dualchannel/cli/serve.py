@@ -9,6 +9,7 @@ repeating ``--webhook-secret`` or, in the environment, separated by spaces or co
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -163,6 +164,14 @@ def run(args: argparse.Namespace) -> int:
         def handle_exit(self, sig: int, frame: Any) -> None:
             end_streams(app)
             super().handle_exit(sig, frame)
+
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            # Everything loaded so far lives as long as the process: keep the cyclic
+            # garbage collector from scanning it again. Without this a full collection
+            # paused the loop for ~50 ms every few seconds under load.
+            gc.collect()
+            gc.freeze()
 
     server = RelayServer(config)
     server.run()

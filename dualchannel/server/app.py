@@ -98,12 +98,15 @@ def build_app(config: RelayConfig) -> Starlette:
                 await tg.start(writer.run)
                 purge_scope = anyio.CancelScope()
                 tg.start_soon(_purge_forever, writer, config, purge_scope)
+                beat_scope = anyio.CancelScope()
+                tg.start_soon(_beat_forever, hub, config.heartbeat_interval, beat_scope)
                 logger.info("relay started", extra={"database": _redacted(config.database_url)})
                 try:
                     yield
                 finally:
                     hub.close()  # streams end after what is already queued
                     purge_scope.cancel()
+                    beat_scope.cancel()
                     writer.close()  # the writer commits what is queued, then returns
         finally:
             await limiter.close()
@@ -144,6 +147,11 @@ def _on_loop(loop: asyncio.AbstractEventLoop, func: Callable[[], None]) -> Calla
             loop.call_soon_threadsafe(func)
 
     return schedule
+
+
+async def _beat_forever(hub: Hub, interval: float, scope: anyio.CancelScope) -> None:
+    with scope:
+        await hub.run_heartbeats(interval)
 
 
 async def _purge_forever(writer: Writer, config: RelayConfig, scope: anyio.CancelScope) -> None:

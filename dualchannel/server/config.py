@@ -69,7 +69,7 @@ class RelayConfig:
     retry_hint_ms: int = 1_000
     subscriber_queue: int = 1_000
     replay_page: int = 500
-    commit_window: float = 0.002
+    commit_window: float = 0.0
     commit_max_items: int = 500
     send_timeout: float = 10.0
 

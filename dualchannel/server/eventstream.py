@@ -7,13 +7,15 @@ one that waits for the client to go away; an idle connection stays small (see th
 benchmark) and a busy one does no per-subscriber encoding.
 
 A write that the client does not take within ``send_timeout`` seconds (its socket buffer
-stays full) ends the stream; so does the client disconnecting. Either way the frame
+stays full) ends the stream; so does the client disconnecting. A second task watches for
+both, so a write costs no timer of its own. Either way the frame
 iterator is closed, so its ``finally`` blocks (unsubscribing from the hub) run at once.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
@@ -70,22 +72,16 @@ class EventStream:
                 self.headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
 
     async def __call__(self, scope: _Scope, receive: Any, send: Any) -> None:
+        self._sending_since: float | None = None
+        self._stalled = False
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._until_disconnect, receive, tg.cancel_scope)
+            tg.start_soon(self._watch, receive, tg.cancel_scope)
             try:
                 await send({"type": "http.response.start", "status": 200, "headers": self.headers})
                 async for chunk in self.frames:
-                    with anyio.move_on_after(self.send_timeout) as timer:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if timer.cancelled_caught:
-                        # Its buffers are full, so a clean end could not be written either:
-                        # return unfinished and the server drops the connection.
-                        logger.warning(
-                            "SSE client took no data for %.1f s; dropping its connection "
-                            "(it resumes from its last id when it reconnects)",
-                            self.send_timeout,
-                        )
-                        return
+                    self._sending_since = time.monotonic()
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    self._sending_since = None
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             except OSError:  # the connection went away under a write
                 pass
@@ -93,11 +89,30 @@ class EventStream:
                 with anyio.CancelScope(shield=True):
                     await self.frames.aclose()
                 tg.cancel_scope.cancel()
+        if self._stalled:
+            # Its buffers are full, so a clean end could not be written either: the
+            # response stays unfinished and the server drops the connection.
+            logger.warning(
+                "SSE client took no data for %.1f s; dropping its connection "
+                "(it resumes from its last id when it reconnects)",
+                self.send_timeout,
+            )
 
-    @staticmethod
-    async def _until_disconnect(receive: Any, scope: anyio.CancelScope) -> None:
+    async def _watch(self, receive: Any, scope: anyio.CancelScope) -> None:
+        """Cancel the stream when the client leaves or a write stalls past the timeout.
+
+        One watcher per stream instead of a timeout around every write: a write then
+        costs two attribute stores, and the stall check runs a few times per timeout.
+        """
+        check_every = min(1.0, self.send_timeout / 2)
         while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+            with anyio.move_on_after(check_every):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    scope.cancel()
+                    return
+            since = self._sending_since
+            if since is not None and time.monotonic() - since > self.send_timeout:
+                self._stalled = True
                 scope.cancel()
                 return

@@ -7,6 +7,10 @@ queue does not make the writer wait; the subscriber is marked ``overflowed`` and
 its queue is closed, and its stream tells the client to resume from its last id. So one
 slow consumer never slows ingest or any other subscriber.
 
+Heartbeats travel the same queues: every ``heartbeat_interval`` :meth:`Hub.beat` queues
+one per session (encoded once) behind the messages already queued, so a stream never
+announces a position ahead of what it has sent, and needs no timer of its own.
+
 The hub also remembers, for sessions that have subscribers, the newest stored position
 ``(epoch, seq)`` so heartbeats do not query the store every second.
 """
@@ -20,9 +24,19 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ..envelope import Envelope
+from .eventstream import frame
 from .store import Position
 
-__all__ = ["Hub", "LiveItem", "Subscription"]
+__all__ = ["Hub", "LiveItem", "Subscription", "heartbeat_frame"]
+
+
+def heartbeat_frame(session_id: str, position: Position) -> bytes:
+    """The relay's heartbeat event: the newest stored ``(epoch, seq)`` of the session."""
+    beat = Envelope.heartbeat(
+        session_id=session_id, epoch=position.epoch, last_seq=position.seq, source="relay"
+    )
+    return frame(beat.to_bytes().decode(), event="heartbeat")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +46,7 @@ class LiveItem:
     The frame is encoded once, by the writer, and shared by every subscriber's stream.
     """
 
-    id: int
+    id: int | None  # None for a heartbeat
     frame: bytes
     committed_at: float = field(default_factory=time.monotonic)
 
@@ -93,7 +107,22 @@ class Hub:
         if not subs:
             return
         self._positions[session_id] = max(newest, self._positions.get(session_id, Position()))
-        batch = list(items)
+        self._push(session_id, subs, list(items))
+
+    def beat(self) -> None:
+        """Queue a heartbeat for every subscriber: each session's newest position, encoded
+        once per session, behind the messages already queued (so never ahead of them)."""
+        for session_id, subs in list(self._subscribers.items()):
+            item = LiveItem(None, heartbeat_frame(session_id, self.position(session_id)))
+            self._push(session_id, subs, [item])
+
+    async def run_heartbeats(self, interval: float) -> None:
+        """:meth:`beat` every ``interval`` seconds, until cancelled."""
+        while True:
+            await anyio.sleep(interval)
+            self.beat()
+
+    def _push(self, session_id: str, subs: set[Subscription], batch: list[LiveItem]) -> None:
         for sub in list(subs):
             try:
                 for item in batch:

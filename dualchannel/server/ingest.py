@@ -2,14 +2,15 @@
 
 Theory of operation: request handlers never touch the database for writes. They build a
 :class:`WriteJob` (envelopes to store, an audit row, a metrics row, or a purge) and
-``await writer.submit(job)``. The single writer task takes the first waiting job, sleeps
-``commit_window`` seconds (a couple of milliseconds) so that concurrent requests can
-join, drains whatever else is queued (up to ``commit_max_items`` envelopes), and commits
-everything in one transaction: one fsync and one thread hop for the whole batch. Only
-after the commit does it fan the new rows out (in row-id order, which is resume-token
-order) and wake the handlers, so a ``200`` always means durable. A failed transaction
-fails every job in the batch; their handlers answer 503 and publishers retry, which is
-safe because ingest is idempotent on ``(session, epoch, seq)``.
+``await writer.submit(job)``. The single writer task takes the first waiting job (after
+an optional ``commit_window`` sleep, 0 by default: requests that arrive while a commit is
+in flight already form the next batch), drains whatever else is queued (up to
+``commit_max_items`` envelopes), and commits everything in one transaction: one fsync and
+one thread hop for the whole batch. Only after the commit does it fan the new rows out
+(in row-id order, which is resume-token order) and wake the handlers, so a ``200``
+always means durable. A failed transaction fails every job in the batch; their handlers
+answer 503 and publishers retry, which is safe because ingest is idempotent on
+``(session, epoch, seq)``.
 
 One writer also means SQLite never sees two writers contend for its lock.
 """

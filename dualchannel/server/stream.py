@@ -7,8 +7,10 @@ its live queue (or both); live items with an id at or below the last one sent ar
 So the seam between replay and live has no gap and no duplicate, however fast ingest runs.
 
 Each message goes out as ``id: <row id>``, ``event: <type>``, ``data: <envelope JSON>``.
-Every ``heartbeat_interval`` seconds a ``heartbeat`` event (no id) carries the relay's
-newest stored ``(epoch, seq)`` for the session. A subscriber whose queue overflows gets an
+Right after the replay, and then every ``heartbeat_interval`` seconds (queued by the hub,
+see :mod:`.hub`), a ``heartbeat`` event (no id) carries the relay's newest stored
+``(epoch, seq)`` for the session. Whatever is queued when a stream wakes up goes out in
+one write. A subscriber whose queue overflows gets an
 ``overflow`` event and the stream ends; it reconnects with its last id.
 """
 
@@ -23,9 +25,9 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..envelope import Envelope, session_id_ok
+from ..envelope import session_id_ok
 from .eventstream import EventStream, comment, frame
-from .hub import LiveItem
+from .hub import LiveItem, Subscription, heartbeat_frame
 from .responses import ApiError, RelayState, relay_state
 
 __all__ = ["messages_endpoint", "session_events"]
@@ -94,54 +96,57 @@ async def _events(relay: RelayState, session_id: str, after: int) -> AsyncGenera
                 last = row.id
             if len(page) < config.replay_page:
                 break
-        next_beat = time.monotonic()
-        while True:
-            item: LiveItem | None = None
-            ended = False
-            with anyio.move_on_after(max(0.0, next_beat - time.monotonic())):
-                try:
-                    item = await sub.receive.receive()
-                except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    ended = True
-            if ended:
-                if sub.overflowed:
-                    relay.metrics.overflows.inc()
-                    reason = {
-                        "reason": "subscriber queue overflowed: the client read too slowly",
-                        "lastEventId": last,
-                    }
-                    yield frame(json.dumps(reason), event="overflow")
-                return
-            if item is not None:
-                if item.id > last:
-                    relay.metrics.fanout_seconds.observe(time.monotonic() - item.committed_at)
-                    yield item.frame
-                    last = item.id
-                continue
-            # Heartbeat due: first hand out what is already queued, so the position the
-            # heartbeat announces never runs ahead of messages this stream has sent.
-            queued: list[LiveItem] = []
-            while True:
-                try:
-                    queued.append(sub.receive.receive_nowait())
-                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                    break
-            position = hub.position(session_id)
-            for item in queued:
-                if item.id > last:
-                    yield item.frame
-                    last = item.id
-            beat = Envelope.heartbeat(
-                session_id=session_id,
-                epoch=position.epoch,
-                last_seq=position.seq,
-                source="relay",
-            )
-            yield frame(beat.to_bytes().decode(), event="heartbeat")
-            next_beat = time.monotonic() + config.heartbeat_interval
+        # Hand out what is already queued, then a first heartbeat at once; later ones
+        # come through the queue from the hub's ticker, behind the messages they count.
+        batch, ended = _drain(sub, [])
+        chunk, last = _frames(batch, last)
+        if chunk:
+            yield chunk
+        if not ended:
+            yield heartbeat_frame(session_id, hub.position(session_id))
+        while not ended:
+            try:
+                first = await sub.receive.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+            batch, ended = _drain(sub, [first])
+            relay.metrics.fanout_seconds.observe(time.monotonic() - first.committed_at)
+            chunk, last = _frames(batch, last)
+            if chunk:
+                yield chunk  # every frame that was waiting, in one write
+        if sub.overflowed:
+            relay.metrics.overflows.inc()
+            reason = {
+                "reason": "subscriber queue overflowed: the client read too slowly",
+                "lastEventId": last,
+            }
+            yield frame(json.dumps(reason), event="overflow")
     finally:
         hub.unsubscribe(sub)
         relay.metrics.subscribers.dec()
+
+
+def _drain(sub: Subscription, batch: list[LiveItem]) -> tuple[list[LiveItem], bool]:
+    """Add what the queue holds now to ``batch``; whether the queue has ended."""
+    while True:
+        try:
+            batch.append(sub.receive.receive_nowait())
+        except anyio.WouldBlock:
+            return batch, False
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            return batch, True
+
+
+def _frames(batch: list[LiveItem], last: int) -> tuple[bytes, int]:
+    """The frames of ``batch`` not sent yet (ids above ``last``; heartbeats always)."""
+    out: list[bytes] = []
+    for item in batch:
+        if item.id is None:
+            out.append(item.frame)
+        elif item.id > last:
+            out.append(item.frame)
+            last = item.id
+    return b"".join(out), last
 
 
 # -- request checks ------------------------------------------------------------------
