@@ -99,8 +99,8 @@ def format_timestamp(moment: datetime) -> str:
     """Format an aware datetime as the spec does: ``2026-12-04T19:00:00.000Z``."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    # isoformat is C code end to end, and ends in "+00:00" for UTC: half strftime's cost.
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def _aware(value: datetime) -> datetime:
