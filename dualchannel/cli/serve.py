@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        access_log=args.log_level in ("info", "debug"),  # skip the per-request work otherwise
         timeout_graceful_shutdown=5,
         lifespan="on",
     )

@@ -73,6 +73,9 @@ class Hub:
     def subscriber_count(self) -> int:
         return sum(len(subs) for subs in self._subscribers.values())
 
+    def has_subscribers(self, session_id: str) -> bool:
+        return session_id in self._subscribers
+
     def subscribe(self, session_id: str, queue_size: int) -> Subscription:
         """Register before reading the store, so nothing committed meanwhile is missed."""
         send, receive = anyio.create_memory_object_stream[LiveItem](queue_size)

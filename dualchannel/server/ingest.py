@@ -161,8 +161,8 @@ class Writer:
         per_session: dict[str, tuple[list[LiveItem], Position]] = {}
         for job in batch:
             for env, row_id in zip(job.envelopes, job.ids, strict=True):
-                if row_id is None:
-                    continue
+                if row_id is None or not self._hub.has_subscribers(env.session_id):
+                    continue  # a repeat, or nobody listening: nothing to encode
                 items, newest = per_session.get(env.session_id, ([], Position()))
                 data = env.to_bytes(max_size=None).decode()
                 items.append(LiveItem(row_id, frame(data, event=env.type.value, id=str(row_id))))

@@ -208,6 +208,9 @@ def _load_json(body: bytes) -> Any:
 
 
 def _parse_envelopes(body: bytes, relay: RelayState, header_session: str | None) -> list[Envelope]:
+    single = _single_envelope(body, relay.config.max_envelope_bytes)
+    if single is not None and header_session in (None, single.session_id):
+        return [single]
     value = _load_json(body)
     items = value if isinstance(value, list) else [value]
     prefix = isinstance(value, list)
@@ -270,6 +273,23 @@ def _parse_envelopes(body: bytes, relay: RelayState, header_session: str | None)
             [("X-Session-ID", f"must equal sessionId {session_id!r}")],
         )
     return envelopes
+
+
+def _single_envelope(body: bytes, max_size: int) -> Envelope | None:
+    """The common case, one valid envelope object, parsed straight from the bytes.
+
+    ``None`` for anything else (a batch, or any rule broken): the general path below then
+    parses the body again and names every problem, so the fast path changes no answer.
+    """
+    if body.lstrip()[:1] != b"{":
+        return None
+    try:
+        env = Envelope.model_validate_json(body)
+    except ValueError:
+        return None
+    if env.type is MessageType.HEARTBEAT or len(env.to_bytes(max_size=None)) > max_size:
+        return None
+    return env
 
 
 def _parse_metrics(value: Any) -> tuple[str, MetricsRow]:
