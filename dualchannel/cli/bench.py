@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,7 +73,18 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so the servers a suite started are stopped too."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def run(args: argparse.Namespace) -> int:
+    _exit_on_sigterm()
     known = (*SUITES, *EXPLICIT_SUITES)
     unknown = sorted(set(args.suites) - set(known))
     if unknown:

@@ -195,9 +195,13 @@ def _too_large(size: int, limit: int) -> ApiError:
     )
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value (RFC 8259); send null or a number")
+
+
 def _load_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_no_constants)
     except ValueError as exc:
         raise ApiError(
             400,
@@ -281,8 +285,8 @@ def _single_envelope(body: bytes, max_size: int) -> Envelope | None:
     ``None`` for anything else (a batch, or any rule broken): the general path below then
     parses the body again and names every problem, so the fast path changes no answer.
     """
-    if body.lstrip()[:1] != b"{":
-        return None
+    if body.lstrip()[:1] != b"{" or b"NaN" in body or b"Infinity" in body:
+        return None  # pydantic's parser would take NaN and Infinity; JSON does not
     try:
         env = Envelope.model_validate_json(body)
     except ValueError:

@@ -83,6 +83,11 @@ async def test_batch_is_idempotent_per_envelope(client: httpx.AsyncClient, app: 
 async def test_bad_json_is_400_with_details(client: httpx.AsyncClient) -> None:
     body = assert_error(await post(client, b'{"type": '), 400, "invalid_json")
     assert body["details"][0]["field"] == "<json>"  # type: ignore[index]
+    bare_nan = envelope("lesson-1", 9).to_bytes().replace(b'"hi"', b"NaN")
+    body = assert_error(await post(client, bare_nan), 400, "invalid_json")
+    assert "NaN is not a JSON value" in body["details"][0]["rule"]  # type: ignore[index]
+    in_a_string = envelope("lesson-1", 9, text="NaN").to_bytes()
+    assert (await post(client, in_a_string)).status_code == 200
 
 
 async def test_bad_envelope_names_field_and_rule(client: httpx.AsyncClient) -> None:
@@ -322,3 +327,39 @@ async def test_retention_purges_old_rows(tmp_path: Path) -> None:
         # Ids keep growing after a purge: resume tokens are never reused.
         await client.post("/api/transcription", content=envelope(seq=2).to_bytes(), headers=JSON)
         assert [m.id for m in await store.replay("lesson-1", 0, 10)] == [2]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        envelope("lesson-1", 3).to_bytes(),
+        b'  \n{"type":"metrics","sessionId":"s","epoch":1,"seq":7,"timestamp":'
+        b'"2026-12-04T19:00:00Z","data":{"cpu":0.5}}',  # leading space
+        json.dumps(envelope("lesson-1", 4).to_json_value(), indent=2).encode(),
+    ],
+)
+def test_single_envelope_fast_path_matches_the_general_path(body: bytes) -> None:
+    from dualchannel.server.webhooks import _single_envelope
+
+    fast = _single_envelope(body, 15_000)
+    assert fast is not None
+    general = Envelope.from_json_value(json.loads(body))
+    assert fast == general and fast.to_bytes() == general.to_bytes()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'[{"type":"transcript"}]',  # a batch
+        b'{"type":"heartbeat","sessionId":"s","epoch":1,"seq":0,'
+        b'"timestamp":"2026-12-04T19:00:00Z"}',
+        b'{"type":"transcript","sessionId":"s"',  # cut short
+        b'{"type":"metrics","sessionId":"s","epoch":1,"seq":1,'
+        b'"timestamp":"2026-12-04T19:00:00Z","data":{"x":NaN}}',  # not JSON
+        envelope("lesson-1", 5, size=14_000).to_bytes(),  # over the 10,000 B cap below
+    ],
+)
+def test_single_envelope_fast_path_defers_everything_else(body: bytes) -> None:
+    from dualchannel.server.webhooks import _single_envelope
+
+    assert _single_envelope(body, 10_000) is None
