@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import anyio
 import sqlalchemy as sa
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..envelope import Envelope
 from .eventstream import frame
@@ -53,7 +53,10 @@ class WriteJob:
     ids: list[int | None] = field(default_factory=list)
     purged: int = 0
     error: BaseException | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
+    finished: bool = False
+    # The event of the transaction this job is queued for: one per transaction, shared by
+    # all of its jobs (the writer moves jobs that did not fit to the next one).
+    done: anyio.Event | None = None
 
 
 class Writer:
@@ -67,52 +70,78 @@ class Writer:
         *,
         window: float,
         max_items: int,
+        capacity: int = 10_000,
     ) -> None:
         self._store = store
         self._hub = hub
         self._metrics = metrics
         self._window = window
         self._max_items = max_items
-        self._send: MemoryObjectSendStream[WriteJob]
-        self._receive: MemoryObjectReceiveStream[WriteJob]
-        self._send, self._receive = anyio.create_memory_object_stream[WriteJob](10_000)
+        self._capacity = capacity
+        self._pending: deque[WriteJob] = deque()
+        self._next = anyio.Event()  # set when the next transaction has committed
+        self._wake = anyio.Event()  # set when the writer has work (or must stop)
+        self._space = anyio.Event()  # set when the writer took jobs off a full queue
+        self._closed = False
 
     async def submit(self, job: WriteJob) -> WriteJob:
         """Queue ``job``, wait for its commit; re-raises the transaction's error."""
-        try:
-            await self._send.send(job)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-            raise WriterClosed("the relay is shutting down") from exc
-        await job.done.wait()
+        while len(self._pending) >= self._capacity and not self._closed:
+            await self._space.wait()
+        if self._closed:
+            raise WriterClosed("the relay is shutting down")
+        job.done = self._next
+        self._pending.append(job)
+        self._wake.set()
+        while not job.finished:
+            await job.done.wait()
         if job.error is not None:
             raise job.error
         return job
 
     def close(self) -> None:
         """Stop taking jobs; :meth:`run` commits what is queued, then returns."""
-        self._send.close()
+        self._closed = True
+        self._wake.set()
+        self._space.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        async with self._receive:
-            while True:
-                try:
-                    first = await self._receive.receive()
-                except anyio.EndOfStream:
+        while True:
+            if not self._pending:
+                if self._closed:
                     return
-                batch = [first]
-                if self._window > 0:
-                    await anyio.sleep(self._window)
-                items = len(first.envelopes)
-                while items < self._max_items:
-                    try:
-                        job = self._receive.receive_nowait()
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                    batch.append(job)
-                    items += len(job.envelopes)
-                with anyio.CancelScope(shield=True):
-                    await self._commit(batch)
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                continue
+            if self._window > 0:
+                await anyio.sleep(self._window)
+            batch, done = self._take()
+            with anyio.CancelScope(shield=True):
+                await self._commit(batch)
+            for job in batch:
+                job.finished = True
+            done.set()
+
+    def _take(self) -> tuple[list[WriteJob], anyio.Event]:
+        """The jobs of the next transaction (up to ``max_items`` envelopes) and its event.
+
+        No await in here: a job queued meanwhile can not get an event of the past.
+        """
+        pending = self._pending
+        batch = [pending.popleft()]
+        items = len(batch[0].envelopes)
+        while pending and items + len(pending[0].envelopes) <= self._max_items:
+            job = pending.popleft()
+            batch.append(job)
+            items += len(job.envelopes)
+        done, self._next = self._next, anyio.Event()
+        for job in pending:  # did not fit: they wait for the next transaction
+            job.done = self._next
+        if not self._space.is_set():
+            self._space.set()
+            self._space = anyio.Event()
+        return batch, done
 
     async def _commit(self, batch: list[WriteJob]) -> None:
         started = time.perf_counter()
@@ -149,13 +178,10 @@ class Writer:
             logger.exception("commit failed", extra={"jobs": len(batch)})
             for job in batch:
                 job.error = exc
-                job.done.set()
             return
         self._metrics.commit_batch.observe(sum(len(job.envelopes) for job in batch))
         self._metrics.commit_seconds.observe(time.perf_counter() - started)
         self._fan_out(batch)
-        for job in batch:
-            job.done.set()
 
     def _fan_out(self, batch: list[WriteJob]) -> None:
         per_session: dict[str, tuple[list[LiveItem], Position]] = {}

@@ -68,8 +68,17 @@ def error_response(
     return ApiError(status, error, message, details, headers).response()
 
 
+_last_stamp: tuple[int, str] = (-1, "")
+
+
 def now_iso() -> str:
-    return format_timestamp(datetime.now(UTC))
+    """The current UTC time as the spec writes it, formatted at most once per millisecond."""
+    global _last_stamp
+    now = time.time_ns() // 1_000_000
+    if now != _last_stamp[0]:
+        moment = datetime.fromtimestamp(now / 1000, UTC)
+        _last_stamp = (now, format_timestamp(moment))
+    return _last_stamp[1]
 
 
 @dataclass(eq=False, slots=True)

@@ -94,14 +94,13 @@ async def transcription_webhook(request: Request) -> Response:
     duplicates = len(job.ids) - new
     relay.metrics.stored.inc(new)
     relay.metrics.duplicates.inc(duplicates)
-    content = {
-        "success": True,
-        "id": audit.id,
-        "processed": new,
-        "duplicates": duplicates,
-        "timestamp": now_iso(),
-    }
-    return _answer(relay, JSONResponse(content, headers=decision.headers()), started)
+    # The spec's answer, written out directly: every value is a number or an ASCII id.
+    content = (
+        f'{{"success":true,"id":"{audit.id}","processed":{new},'
+        f'"duplicates":{duplicates},"timestamp":"{now_iso()}"}}'
+    )
+    answer = Response(content, media_type="application/json", headers=decision.headers())
+    return _answer(relay, answer, started)
 
 
 async def metrics_webhook(request: Request) -> Response:
