@@ -186,7 +186,8 @@ class Envelope(BaseModel):
 
     @model_validator(mode="after")
     def _check_kind(self) -> Self:
-        object.__setattr__(self, "timestamp", _aware(self.timestamp))
+        if self.timestamp.tzinfo is None:
+            object.__setattr__(self, "timestamp", _aware(self.timestamp))
         if self.type is not MessageType.HEARTBEAT:
             if self.seq < 1:
                 raise ValueError("seq must be at least 1 for a message (0 only on heartbeats)")
@@ -297,9 +298,14 @@ class Envelope(BaseModel):
         The encoding is computed once per envelope and kept (envelopes are immutable): the
         relay checks the size, stores and fans out the same bytes.
         """
-        raw = self._encoded
+        # The private-attribute dict directly: pydantic's attribute hooks cost as much as
+        # the encoding itself on the relay's hot path.
+        private = self.__pydantic_private__
+        raw = private.get("_encoded") if private is not None else None
         if raw is None:
-            raw = self._encoded = self.model_dump_json(by_alias=True, exclude_none=True).encode()
+            raw = self.model_dump_json(by_alias=True, exclude_none=True).encode()
+            if private is not None:
+                private["_encoded"] = raw
         if max_size is not None and len(raw) > max_size:
             raise EnvelopeTooLarge(len(raw), max_size)
         return raw
