@@ -5,7 +5,8 @@ a real publisher to a real subscriber while faults are injected by pid, then che
 
 - every seq delivered exactly once and in order (nothing lost, nothing twice);
 - when the primary dies: a switch to the secondary within 1 s of the fault (and of the
-  primary's last signal), and a switch back within 5 s of the recovery;
+  primary's last signal), and a switch back within 5 s of the recovery (10 s for
+  ``both_down``: LiveKit's SDK retries a failed reconnect only every ~5 s);
 - when the primary stays up: no switch at all;
 - the relay's audit tables agree with what was sent (``messages`` holds seqs 1..sent, the
   ``webhook_logs`` success rows list each stored row once, rejections are exactly the
@@ -38,7 +39,7 @@ def check(report: Report, scenario: Scenario) -> None:
     assert report.false_switches == 0, text
 
     one_second = bound(1.0) * 1000
-    five_seconds = bound(5.0) * 1000
+    recovery_limit = bound(scenario.recovery_limit) * 1000
     away = [s for s in report.switches if s.from_channel == "primary"]
     back = [s for s in report.switches if s.to_channel == "primary"]
     primary_faults = [f for f in report.faults if f.channels in ("primary", "both")]
@@ -53,11 +54,12 @@ def check(report: Report, scenario: Scenario) -> None:
         assert switch.detection_ms is not None, text
         assert switch.detection_ms <= one_second, text
         assert switch.silent_ms <= one_second, text
-    # every switch away was followed by one back, within 5 s of the recovery
+    # every switch away was followed by one back, within the scenario's recovery limit
+    # (5 s; both_down allows for LiveKit's reconnect retry interval, see its note)
     assert len(back) == len(away), text
     for switch in back:
         assert switch.recovery_ms is not None, text
-        assert switch.recovery_ms <= five_seconds, text
+        assert switch.recovery_ms <= recovery_limit, text
     assert len(report.recovery_ms) == len(away), text
 
 
