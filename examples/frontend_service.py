@@ -5,8 +5,8 @@ on both channels (LiveKit and the relay) and re-serves the merged, exactly-once 
 browsers over Server-Sent Events, with the channel status alongside.
 
 It needs the server extra and sse-starlette: ``pip install 'dualchannel[server]'
-sse-starlette``. Run it next to a livekit-server and a relay (``dualchannel demo`` starts both and prints
-their addresses; or use your own)::
+sse-starlette``. Run it next to a livekit-server and a relay (``dualchannel demo``
+starts both and prints their addresses; or use your own)::
 
     python examples/frontend_service.py \\
         --livekit-url ws://127.0.0.1:7880 --relay-url http://127.0.0.1:8000 \\
