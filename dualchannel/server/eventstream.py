@@ -28,19 +28,20 @@ logger = logging.getLogger("dualchannel.server.stream")
 _Scope = Mapping[str, Any]
 
 
-def frame(data: str, *, event: str | None = None, id: str | None = None) -> bytes:
-    """One SSE event. ``data`` may hold newlines; each line gets its own ``data:`` field."""
-    parts: list[str] = []
-    if id is not None:
-        parts.append(f"id: {id}\n")
-    if event is not None:
-        parts.append(f"event: {event}\n")
-    if "\n" in data or "\r" in data:
-        parts.extend(f"data: {line}\n" for line in data.splitlines())
-    else:
-        parts.append(f"data: {data}\n")
-    parts.append("\n")
-    return "".join(parts).encode()
+def frame(data: str | bytes, *, event: str | None = None, id: str | None = None) -> bytes:
+    """One SSE event. ``data`` may hold newlines; each line gets its own ``data:`` field.
+
+    Bytes without a line break (an envelope's compact JSON) are framed as they are.
+    """
+    head = (f"id: {id}\n" if id is not None else "") + (
+        f"event: {event}\n" if event is not None else ""
+    )
+    if isinstance(data, bytes):
+        if b"\n" not in data and b"\r" not in data:
+            return b"".join((head.encode(), b"data: ", data, b"\n\n"))
+        data = data.decode()
+    lines = data.splitlines() if ("\n" in data or "\r" in data) else [data]
+    return (head + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
 
 
 def comment(text: str, *, retry_ms: int | None = None) -> bytes:

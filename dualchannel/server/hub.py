@@ -36,7 +36,7 @@ def heartbeat_frame(session_id: str, position: Position) -> bytes:
     beat = Envelope.heartbeat(
         session_id=session_id, epoch=position.epoch, last_seq=position.seq, source="relay"
     )
-    return frame(beat.to_bytes().decode(), event="heartbeat")
+    return frame(beat.to_bytes(), event="heartbeat")
 
 
 @dataclass(frozen=True, slots=True)

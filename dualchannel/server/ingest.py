@@ -54,9 +54,7 @@ class WriteJob:
     purged: int = 0
     error: BaseException | None = None
     finished: bool = False
-    # The event of the transaction this job is queued for: one per transaction, shared by
-    # all of its jobs (the writer moves jobs that did not fit to the next one).
-    done: anyio.Event | None = None
+    done: anyio.Event | None = None  # the event of the transaction that took this job
 
 
 class Writer:
@@ -90,11 +88,12 @@ class Writer:
             await self._space.wait()
         if self._closed:
             raise WriterClosed("the relay is shutting down")
-        job.done = self._next
         self._pending.append(job)
         self._wake.set()
         while not job.finished:
-            await job.done.wait()
+            # Until a transaction takes the job, the next one's event, read afresh: a job
+            # that did not fit wakes with it and waits again.
+            await (job.done or self._next).wait()
         if job.error is not None:
             raise job.error
         return job
@@ -126,7 +125,9 @@ class Writer:
     def _take(self) -> tuple[list[WriteJob], anyio.Event]:
         """The jobs of the next transaction (up to ``max_items`` envelopes) and its event.
 
-        No await in here: a job queued meanwhile can not get an event of the past.
+        Queued jobs wait on the current event, and the taken ones keep it as theirs;
+        swapping in a fresh one here (no await in between) means jobs left or queued from
+        now on wait for a later transaction.
         """
         pending = self._pending
         batch = [pending.popleft()]
@@ -136,8 +137,8 @@ class Writer:
             batch.append(job)
             items += len(job.envelopes)
         done, self._next = self._next, anyio.Event()
-        for job in pending:  # did not fit: they wait for the next transaction
-            job.done = self._next
+        for job in batch:
+            job.done = done
         if not self._space.is_set():
             self._space.set()
             self._space = anyio.Event()
@@ -190,7 +191,7 @@ class Writer:
                 if row_id is None or not self._hub.has_subscribers(env.session_id):
                     continue  # a repeat, or nobody listening: nothing to encode
                 items, newest = per_session.get(env.session_id, ([], Position()))
-                data = env.to_bytes(max_size=None).decode()
+                data = env.to_bytes(max_size=None)
                 items.append(LiveItem(row_id, frame(data, event=env.type.value, id=str(row_id))))
                 per_session[env.session_id] = (items, max(newest, Position(env.epoch, env.seq)))
         for session_id, (items, newest) in per_session.items():

@@ -110,7 +110,8 @@ async def _events(relay: RelayState, session_id: str, after: int) -> AsyncGenera
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 break
             batch, ended = _drain(sub, [first])
-            relay.metrics.fanout_seconds.observe(time.monotonic() - first.committed_at)
+            if first.id is not None:  # a message, not a heartbeat: commit-to-send time
+                relay.metrics.fanout_seconds.observe(time.monotonic() - first.committed_at)
             chunk, last = _frames(batch, last)
             if chunk:
                 yield chunk  # every frame that was waiting, in one write
