@@ -34,7 +34,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     ValidationInfo,
     field_serializer,
     field_validator,
@@ -96,11 +95,22 @@ class Priority(enum.StrEnum):
 
 
 def format_timestamp(moment: datetime) -> str:
-    """Format an aware datetime as the spec does: ``2026-12-04T19:00:00.000Z``."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    # isoformat is C code end to end, and ends in "+00:00" for UTC: half strftime's cost.
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    """Format a datetime as the spec does: ``2026-12-04T19:00:00.000Z``. Naive means UTC."""
+    # Shifting by the offset and formatting the fields is a third of the cost of
+    # astimezone + isoformat, and the relay runs this twice for every message it takes.
+    offset = moment.utcoffset()
+    if offset:
+        moment = moment - offset
+    # %-formatting: measured, twice as fast here as the same f-string with format specs.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        moment.year,
+        moment.month,
+        moment.day,
+        moment.hour,
+        moment.minute,
+        moment.second,
+        moment.microsecond // 1000,
+    )
 
 
 def _aware(value: datetime) -> datetime:
@@ -155,7 +165,10 @@ class Envelope(BaseModel):
     source: Annotated[str, Field(min_length=1, max_length=64)] = "livekit-agent"
     version: Annotated[str, Field(min_length=1, max_length=32)] = PROTOCOL_VERSION
 
-    _encoded: bytes | None = PrivateAttr(default=None)
+    # The cached encoding (see to_bytes) lives in a slot, not a pydantic private
+    # attribute: those cost a Python-level initialisation per instance, as much as
+    # validating the rest of the envelope on the relay's hot path.
+    __slots__ = ("_encoded",)
 
     @field_serializer("timestamp")
     def _ts(self, value: datetime) -> str:
@@ -174,14 +187,16 @@ class Envelope(BaseModel):
         if kind is MessageType.TRANSCRIPT:
             # Validate the spec's transcript shape and keep its normal form.
             try:
-                typed = TranscriptData.model_validate(value)
+                typed = _TRANSCRIPT_VALIDATOR.validate_python(value)
             except pydantic.ValidationError as exc:
                 detail = "; ".join(
                     ".".join(str(p) for p in e["loc"]) + ": " + e["msg"]
                     for e in exc.errors(include_url=False)
                 )
                 raise ValueError(f"not a transcript ({detail})") from None
-            return typed.model_dump(mode="json", by_alias=True, exclude_none=True)
+            return _TRANSCRIPT_SERIALIZER.to_python(
+                typed, mode="json", by_alias=True, exclude_none=True
+            )
         return value
 
     @model_validator(mode="after")
@@ -298,14 +313,10 @@ class Envelope(BaseModel):
         The encoding is computed once per envelope and kept (envelopes are immutable): the
         relay checks the size, stores and fans out the same bytes.
         """
-        # The private-attribute dict directly: pydantic's attribute hooks cost as much as
-        # the encoding itself on the relay's hot path.
-        private = self.__pydantic_private__
-        raw = private.get("_encoded") if private is not None else None
+        raw: bytes | None = getattr(self, "_encoded", None)
         if raw is None:
-            raw = self.model_dump_json(by_alias=True, exclude_none=True).encode()
-            if private is not None:
-                private["_encoded"] = raw
+            raw = _ENVELOPE_SERIALIZER.to_json(self, by_alias=True, exclude_none=True)
+            object.__setattr__(self, "_encoded", raw)
         if max_size is not None and len(raw) > max_size:
             raise EnvelopeTooLarge(len(raw), max_size)
         return raw
@@ -316,7 +327,7 @@ class Envelope(BaseModel):
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         copy = super().model_copy(update=update, deep=deep)
-        copy._encoded = None  # the copy may differ: encode it afresh
+        object.__setattr__(copy, "_encoded", None)  # the copy may differ: encode it afresh
         return copy
 
     def __eq__(self, other: object) -> bool:
@@ -344,6 +355,13 @@ class Envelope(BaseModel):
                 [("type", "must be 'transcript' to read transcript data")],
             )
         return TranscriptData.model_validate(self.data)
+
+
+# The models' compiled validator and serializer, called directly on the hot path: the
+# BaseModel wrappers around them add a Python call each.
+_TRANSCRIPT_VALIDATOR = TranscriptData.__pydantic_validator__
+_TRANSCRIPT_SERIALIZER = TranscriptData.__pydantic_serializer__
+_ENVELOPE_SERIALIZER = Envelope.__pydantic_serializer__
 
 
 def _envelope_error(exc: pydantic.ValidationError) -> EnvelopeError:

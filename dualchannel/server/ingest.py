@@ -174,7 +174,9 @@ class Writer:
             store.insert_metrics(conn, metrics_rows)
 
         try:
-            await store.transaction(transaction)
+            await store.transaction(
+                transaction, on_loop=all(job.purge_before is None for job in batch)
+            )
         except Exception as exc:
             logger.exception("commit failed", extra={"jobs": len(batch)})
             for job in batch:
