@@ -217,13 +217,13 @@ async def health(request: Request) -> Response:
         body["status"] = "unhealthy"
         body["store"] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         status = 503
-    relay.metrics.requests.labels("/api/health", str(status)).inc()
+    relay.metrics.count_request("/api/health", status)
     return JSONResponse(body, status_code=status)
 
 
 async def prometheus(request: Request) -> Response:
     relay = relay_state(request)
-    relay.metrics.requests.labels("/metrics", "200").inc()
+    relay.metrics.count_request("/metrics", 200)
     return Response(
         relay.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8"
     )

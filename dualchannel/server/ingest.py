@@ -182,7 +182,11 @@ class Writer:
             for job in batch:
                 job.error = exc
             return
-        self._metrics.commit_batch.observe(sum(len(job.envelopes) for job in batch))
+        envelopes = sum(len(job.envelopes) for job in batch)
+        stored = sum(1 for job in batch for row_id in job.ids if row_id is not None)
+        self._metrics.commit_batch.observe(envelopes)
+        self._metrics.stored.inc(stored)
+        self._metrics.duplicates.inc(envelopes - stored)
         self._metrics.commit_seconds.observe(time.perf_counter() - started)
         self._fan_out(batch)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["RelayMetrics"]
@@ -70,6 +72,16 @@ class RelayMetrics:
             "SSE streams closed because the subscriber fell too far behind.",
             registry=r,
         )
+
+        self._request_counters: dict[tuple[str, str], Any] = {}
+
+    def count_request(self, route: str, status: int) -> None:
+        """Count one answered request; the labelled child is looked up once per pair."""
+        key = (route, str(status))
+        child = self._request_counters.get(key)
+        if child is None:
+            child = self._request_counters[key] = self.requests.labels(*key)
+        child.inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -45,7 +45,7 @@ async def session_events(request: Request) -> Response | EventStream:
     except ApiError as exc:
         return _count(relay, "/api/sessions/{session_id}/events", exc.response())
     frames = _events(relay, session_id, after)
-    relay.metrics.requests.labels("/api/sessions/{session_id}/events", "200").inc()
+    relay.metrics.count_request("/api/sessions/{session_id}/events", 200)
     return EventStream(frames, send_timeout=relay.config.send_timeout)
 
 
@@ -215,5 +215,5 @@ def _page_params(request: Request) -> tuple[int | None, int, int]:
 
 
 def _count(relay: RelayState, route: str, response: Response) -> Response:
-    relay.metrics.requests.labels(route, str(response.status_code)).inc()
+    relay.metrics.count_request(route, response.status_code)
     return response
