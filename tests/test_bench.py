@@ -78,3 +78,33 @@ def test_unknown_suite_is_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "unknown suite nope" in done.stderr
+
+
+def test_report_writes_the_page_and_its_plots_again_from_the_json(tmp_path: Path) -> None:
+    measured = Path(__file__).parent.parent / "docs" / "benchmarks.json"
+    (tmp_path / "benchmarks.json").write_text(measured.read_text())
+    done = subprocess.run(
+        [sys.executable, "-m", "dualchannel", "bench", "--report", "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    page = (tmp_path / "benchmarks.md").read_text()
+    for plot in ("benchmarks-ingest.png", "benchmarks-failover.png"):
+        assert f"]({plot})" in page
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "benchmarks.json").read_text() == measured.read_text()  # untouched
+
+
+def test_report_without_results_names_the_fix(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "dualchannel", "bench", "--report", "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "run 'dualchannel bench' first" in done.stderr

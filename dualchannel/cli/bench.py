@@ -61,6 +61,11 @@ def add_parser(subparsers: Any) -> None:
         "(default 600; --quick uses 15)",
     )
     parser.add_argument(
+        "--report",
+        action="store_true",
+        help="run nothing: write benchmarks.md and its plots again from benchmarks.json",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         default=Path("docs"),
@@ -105,7 +110,16 @@ def run(args: argparse.Namespace) -> int:
         try:
             results = json.loads(raw_path.read_text())
         except json.JSONDecodeError:
+            if args.report:
+                _progress(f"error: {raw_path} is not valid JSON; run the suites again")
+                return 2
             results = {}
+    if args.report:
+        if not results:
+            _progress(f"error: no results in {raw_path}; run 'dualchannel bench' first")
+            return 2
+        _write_page(results, out_dir)
+        return 0 if all(_met(suite, results[suite]) for suite in SUITES if suite in results) else 1
     ok = True
     for suite in SUITES:
         if suite not in suites:
@@ -120,10 +134,24 @@ def run(args: argparse.Namespace) -> int:
         # write after every suite, so a long run keeps what it measured
         raw_path.write_text(json.dumps(results, indent=2) + "\n")
     raw_path.write_text(json.dumps(results, indent=2) + "\n")
-    (out_dir / "benchmarks.md").write_text(_markdown(results))
-    _progress(f"wrote {out_dir / 'benchmarks.md'} and {raw_path}")
-    print(_markdown(results))
+    _write_page(results, out_dir)
     return 0 if ok else 1
+
+
+def _write_page(results: dict[str, Any], out_dir: Path) -> None:
+    """``benchmarks.md`` and, when matplotlib is installed, its plots."""
+    from ..bench.plots import plot_available, write_plots
+
+    plots: dict[str, Path] = {}
+    if plot_available():
+        plots = write_plots(results, out_dir)
+    else:
+        _progress("plots skipped: matplotlib is missing (pip install 'dualchannel[bench]')")
+    page = _markdown(results, {suite: path.name for suite, path in plots.items()})
+    (out_dir / "benchmarks.md").write_text(page)
+    written = ", ".join(str(path) for path in plots.values())
+    _progress(f"wrote {out_dir / 'benchmarks.md'}" + (f" and {written}" if written else ""))
+    print(page)
 
 
 CHAOS_BEGIN = "<!-- chaos:begin"
@@ -235,7 +263,7 @@ def _section(suite: str, result: dict[str, Any]) -> str:
     return render[suite](result)
 
 
-def _markdown(results: dict[str, Any]) -> str:
+def _markdown(results: dict[str, Any], plots: dict[str, str] | None = None) -> str:
     parts = [
         "# Benchmarks",
         "",
@@ -250,6 +278,8 @@ def _markdown(results: dict[str, Any]) -> str:
         result = results[suite]
         machine = result.get("machine", {})
         parts.append(_section(suite, result))
+        if plots and suite in plots:
+            parts.append(f"![{suite} plot]({plots[suite]})\n")
         mode = (
             " (quick smoke run: small sizes, not figures to quote)" if result.get("quick") else ""
         )
