@@ -147,3 +147,23 @@ def test_row_ids_are_uuid7_in_time_order() -> None:
     assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
     assert abs((parsed.int >> 80) - time.time() * 1000) < 1000  # milliseconds since 1970
     assert all(earlier < later for earlier in first)
+
+
+@pytest.mark.anyio
+async def test_an_in_memory_database_runs_the_same_inserts_through_the_async_driver() -> None:
+    store = Store("sqlite+aiosqlite://")  # no file, so no stdlib twin: SQLAlchemy's bridge
+    await store.open()
+    try:
+        audit = AuditRow(session_id="m", webhook_type="transcription", payload="{}", status="x")
+        batch = [envelope("m", 1), envelope("m", 2), envelope("m", 1)]
+
+        def work(conn: sa.Connection) -> list[int | None]:
+            store.insert_audit(conn, [audit])
+            return store.insert_messages(conn, batch, utcnow())
+
+        ids = await store.transaction(work, on_loop=True)
+        assert ids[0] is not None and ids[1] is not None and ids[2] is None
+        assert [m.seq for m in await store.replay("m", 0, 10)] == [1, 2]
+        assert [row["id"] for row in await store.audit_rows("m")] == [audit.id]
+    finally:
+        await store.close()
