@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dualchannel import Channel, Envelope, EnvelopeError, EnvelopeTooLarge, MessageType, Priority
+from dualchannel.envelope import format_timestamp
 from dualchannel.errors import DualChannelError
 
 from .helpers import heartbeat, transcript
@@ -127,3 +131,19 @@ def test_the_encoding_is_cached_but_not_part_of_identity() -> None:
     assert a == b  # b never encoded: equality is about fields only
     moved = a.model_copy(update={"seq": 2})
     assert json.loads(moved.to_bytes())["seq"] == 2
+
+
+@given(
+    moment=st.datetimes(
+        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.none()
+    ),
+    offset_minutes=st.one_of(st.none(), st.integers(min_value=-23 * 60, max_value=23 * 60)),
+)
+def test_format_timestamp_is_utc_with_milliseconds(
+    moment: datetime, offset_minutes: int | None
+) -> None:
+    if offset_minutes is not None:
+        moment = moment.replace(tzinfo=timezone(timedelta(minutes=offset_minutes)))
+    in_utc = moment.astimezone(UTC) if moment.tzinfo is not None else moment
+    expected = in_utc.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    assert format_timestamp(moment) == expected
