@@ -103,9 +103,10 @@ def _ingest(results: dict[str, Any], path: Path) -> bool:
         ax.set_title(_SHAPE_TITLES[shape])
         ax.grid(True, which="major", alpha=0.3)
     axes[0].set_ylabel("p99 latency, ms (log)")
-    axes[0].legend(fontsize=8, loc="upper left")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), frameon=False)
     fig.suptitle("Relay ingest, durable commits (median of runs; hollow ring = fell behind)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))  # room for the legend below the panels
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     suites = args.suites or list(SUITES)
     messages, repeats = (200_000, 1) if args.quick else (args.messages, args.repeats)
     out_dir: Path = args.output
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        out_dir.mkdir(parents=True, exist_ok=True)
     raw_path = out_dir / "benchmarks.json"
     results: dict[str, Any] = {}
     if raw_path.exists():

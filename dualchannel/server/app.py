@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -31,7 +32,7 @@ from .ingest import WriteJob, Writer
 from .metrics import RelayMetrics
 from .openapi import openapi_document
 from .ratelimit import SessionRateLimiter
-from .responses import RelayState, now_iso, relay_state
+from .responses import ApiError, RelayState, now_iso, relay_state
 from .store import Store, utcnow
 from .stream import messages_endpoint, session_events
 from .webhooks import metrics_webhook, transcription_webhook
@@ -123,7 +124,11 @@ def build_app(config: RelayConfig) -> Starlette:
         Route("/metrics", prometheus, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
-    app = RelayApp(routes=routes, lifespan=lifespan)
+    app = RelayApp(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_refusal},
+    )
     app.state.config = config
     app.state.metrics = metrics
     return app
@@ -150,6 +155,19 @@ class RelayApp(Starlette):
             await response(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+_REFUSALS = {
+    404: ("not_found", "no such route; see /openapi.json for the relay's routes"),
+    405: ("method_not_allowed", "this route does not take that method; see the Allow header"),
+}
+
+
+async def _http_refusal(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (unknown route, wrong method) in the relay's error shape."""
+    assert isinstance(exc, HTTPException)
+    error, message = _REFUSALS.get(exc.status_code, ("http_error", str(exc.detail)))
+    return ApiError(exc.status_code, error, message, headers=exc.headers).response()
 
 
 def end_streams(app: Starlette) -> None:

@@ -363,3 +363,15 @@ def test_single_envelope_fast_path_defers_everything_else(body: bytes) -> None:
     from dualchannel.server.webhooks import _single_envelope
 
     assert _single_envelope(body, 10_000) is None
+
+
+async def test_unknown_routes_and_methods_get_the_relay_error_shape(
+    client: httpx.AsyncClient,
+) -> None:
+    missing = await client.get("/api/nothing-here")
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "not_found" and "/openapi.json" in missing.json()["message"]
+    wrong = await client.get("/api/transcription")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"] == "method_not_allowed"
+    assert "POST" in wrong.headers["allow"]
