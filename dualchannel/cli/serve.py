@@ -149,6 +149,15 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    unchecked = []
+    if not _secrets(args):
+        unchecked.append("webhook signatures (no --webhook-secret)")
+    if args.dev:
+        unchecked.append("subscriber tokens when none is sent (--dev)")
+    if unchecked:
+        logging.getLogger("dualchannel.serve").warning(
+            "not checking %s: fine on loopback, not in production", " or ".join(unchecked)
+        )
     config = uvicorn.Config(
         app,
         host=args.host,

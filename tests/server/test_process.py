@@ -138,3 +138,10 @@ def test_relay_process_restarts_on_same_port(relay: RelayProcess) -> None:
     assert relay.port == port and relay.pid != first_pid
     page = httpx.get(relay.url + "/api/sessions/lesson-1/messages").json()
     assert [m["seq"] for m in page["messages"]] == [1]
+
+
+def test_serve_warns_about_what_it_does_not_check(relay: RelayProcess) -> None:
+    # The fixture's relay has a webhook secret and runs with --dev.
+    warnings = [line for line in relay.log_path.read_text().splitlines() if "not checking" in line]
+    assert len(warnings) == 1
+    assert "--dev" in warnings[0] and "webhook signatures" not in warnings[0]
