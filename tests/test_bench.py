@@ -17,23 +17,18 @@ import pytest
 pytestmark = pytest.mark.timeout(60)
 
 
-def _bench(tmp_path: Path, *suites: str) -> dict[str, object]:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dualchannel",
-            "bench",
-            *suites,
-            "--quick",
-            "--output",
-            str(tmp_path),
-        ],
+def _dualchannel_bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dualchannel", "bench", *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         check=False,
     )
+
+
+def _bench(tmp_path: Path, *suites: str) -> dict[str, object]:
+    done = _dualchannel_bench(*suites, "--quick", "--output", str(tmp_path))
     assert done.returncode in (0, 1), done.stderr[-2000:]
     raw = json.loads((tmp_path / "benchmarks.json").read_text())
     assert isinstance(raw, dict)
@@ -69,13 +64,7 @@ def test_quick_suites_write_json_and_markdown(tmp_path: Path) -> None:
 
 
 def test_unknown_suite_is_refused(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "dualchannel", "bench", "nope", "--output", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = _dualchannel_bench("nope", "--output", str(tmp_path), timeout=30)
     assert done.returncode == 2
     assert "unknown suite nope" in done.stderr
 
@@ -83,13 +72,7 @@ def test_unknown_suite_is_refused(tmp_path: Path) -> None:
 def test_report_writes_the_page_and_its_plots_again_from_the_json(tmp_path: Path) -> None:
     measured = Path(__file__).parent.parent / "docs" / "benchmarks.json"
     (tmp_path / "benchmarks.json").write_text(measured.read_text())
-    done = subprocess.run(
-        [sys.executable, "-m", "dualchannel", "bench", "--report", "--output", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _dualchannel_bench("--report", "--output", str(tmp_path))
     assert done.returncode in (0, 1), done.stderr[-2000:]
     page = (tmp_path / "benchmarks.md").read_text()
     for plot in ("benchmarks-ingest.png", "benchmarks-failover.png"):
@@ -99,12 +82,6 @@ def test_report_writes_the_page_and_its_plots_again_from_the_json(tmp_path: Path
 
 
 def test_report_without_results_names_the_fix(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "dualchannel", "bench", "--report", "--output", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    done = _dualchannel_bench("--report", "--output", str(tmp_path), timeout=30)
     assert done.returncode == 2
     assert "run 'dualchannel bench' first" in done.stderr

@@ -155,9 +155,9 @@ class _Headers:
     def __init__(self, request: Request) -> None:
         self._values: dict[bytes, bytes] = dict(reversed(request.scope["headers"]))
 
-    def get(self, name: bytes, default: str | None = None) -> str | None:
+    def get(self, name: bytes) -> str | None:
         value = self._values.get(name)
-        return default if value is None else value.decode("latin-1")
+        return None if value is None else value.decode("latin-1")
 
 
 async def _read_checked_body(request: Request, headers: _Headers, relay: RelayState) -> bytes:

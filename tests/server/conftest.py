@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import httpx
@@ -23,6 +23,7 @@ from starlette.applications import Starlette
 from dualchannel import Envelope
 from dualchannel.server import create_app
 from dualchannel.server.responses import RelayState
+from dualchannel.server.store import Store
 from tests.fixtures.relay import DEV_API_KEY, DEV_API_SECRET, WEBHOOK_SECRET
 
 JSON = {"content-type": "application/json"}
@@ -72,6 +73,19 @@ def make_app(tmp_path: Path, **settings: Any) -> Starlette:
 def state(app: Starlette) -> RelayState:
     relay: RelayState = app.state.relay
     return relay
+
+
+_S = TypeVar("_S", bound=Store)
+
+
+@asynccontextmanager
+async def opened(store: _S) -> AsyncIterator[_S]:
+    """``store``, open (tables created) for the block, closed after it."""
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 @asynccontextmanager

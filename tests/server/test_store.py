@@ -22,7 +22,7 @@ from dualchannel.server.store import (
 )
 from tests.timing import bound
 
-from .conftest import envelope
+from .conftest import envelope, opened
 
 
 @pytest.fixture
@@ -32,10 +32,8 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def store(db_path: Path) -> AsyncIterator[Store]:
-    store = Store(f"sqlite+aiosqlite:///{db_path}")
-    await store.open()
-    yield store
-    await store.close()
+    async with opened(Store(f"sqlite+aiosqlite:///{db_path}")) as store:
+        yield store
 
 
 @pytest.mark.anyio
@@ -151,9 +149,8 @@ def test_row_ids_are_uuid7_in_time_order() -> None:
 
 @pytest.mark.anyio
 async def test_an_in_memory_database_runs_the_same_inserts_through_the_async_driver() -> None:
-    store = Store("sqlite+aiosqlite://")  # no file, so no stdlib twin: SQLAlchemy's bridge
-    await store.open()
-    try:
+    # No file, so no stdlib twin: the inserts go through SQLAlchemy's async bridge.
+    async with opened(Store("sqlite+aiosqlite://")) as store:
         audit = AuditRow(session_id="m", webhook_type="transcription", payload="{}", status="x")
         batch = [envelope("m", 1), envelope("m", 2), envelope("m", 1)]
 
@@ -165,5 +162,3 @@ async def test_an_in_memory_database_runs_the_same_inserts_through_the_async_dri
         assert ids[0] is not None and ids[1] is not None and ids[2] is None
         assert [m.seq for m in await store.replay("m", 0, 10)] == [1, 2]
         assert [row["id"] for row in await store.audit_rows("m")] == [audit.id]
-    finally:
-        await store.close()

@@ -15,7 +15,7 @@ from dualchannel.server.metrics import RelayMetrics
 from dualchannel.server.store import Position, Store
 from tests.timing import bound
 
-from .conftest import envelope
+from .conftest import envelope, opened
 
 pytestmark = pytest.mark.anyio
 
@@ -34,10 +34,8 @@ class CountingStore(Store):
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
-    store = CountingStore(f"sqlite+aiosqlite:///{tmp_path / 'w.db'}")
-    await store.open()
-    yield store
-    await store.close()
+    async with opened(CountingStore(f"sqlite+aiosqlite:///{tmp_path / 'w.db'}")) as store:
+        yield store
 
 
 async def test_jobs_that_do_not_fit_wait_for_the_next_transaction(store: CountingStore) -> None:
